@@ -1,0 +1,70 @@
+"""The attack contract: ``attack(model, x, y) -> x_adv`` on batches, inside the threat model.
+
+An attack never changes the model's train/eval mode (the caller chooses it) and never leaves
+gradients on the model's weights. What it returns is checked: an attack that returns nothing,
+the wrong shape or non-finite pixels raises ``AttackError``, never scores as 0 %.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import AttackError
+from ..registry import Registry
+from ..threat import ThreatModel
+
+
+class AttackParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Attack:
+    Params: type[AttackParams] = AttackParams
+    defaults: dict[str, Any] = {}  # presets (pgd20, pgd1000, ...) are subclasses that only change these
+
+    def __init__(self, threat: ThreatModel, **options: Any):
+        self.threat = threat
+        self.params = self.Params(**{**self.defaults, **options})
+
+    def run(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x_adv = self.run(model, x, y)
+        name = type(self).__name__
+        if not isinstance(x_adv, torch.Tensor):
+            raise AttackError(f"attack {name} returned {type(x_adv).__name__}, not a tensor of adversarial examples")
+        if x_adv.shape != x.shape:
+            raise AttackError(f"attack {name} returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
+        if not torch.isfinite(x_adv).all():
+            raise AttackError(f"attack {name} returned non-finite pixels")
+        return x_adv.detach()
+
+
+ATTACKS: Registry[type[Attack]] = Registry("attack")
+
+
+def register_preset(name: str, base: type[Attack], description: str, **defaults: Any) -> type[Attack]:
+    """A named configuration of an attack (``pgd20`` = ``pgd`` with 20 steps), one line each."""
+    preset = type(name, (base,), {"defaults": {**base.defaults, **defaults}, "__doc__": description})
+    ATTACKS.add(name, preset, description=description)
+    return preset
+
+
+def build_attack(name: str, threat: ThreatModel, **options: Any) -> Attack:
+    return ATTACKS.get(name)(threat, **options)
+
+
+def project(delta: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    """Project perturbations onto the norm ball of radius eps (per example)."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (delta.dim() - 1)))
+    return delta * (eps / norms).clamp(max=1.0)
+
+
+def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    flat = delta.flatten(1)
+    return flat.abs().amax(dim=1) if norm == "linf" else flat.norm(dim=1)

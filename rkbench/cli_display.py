@@ -1,0 +1,116 @@
+"""Rich output for the CLI: progress bars, the run matrix, the leaderboard, registry listings."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .runner import Reporter
+
+# piped output (CI logs, `| tee`) gets a wide table rather than rich's 80-column default
+console = Console(width=None if sys.stdout.isatty() else 200)
+
+
+class RichReporter(Reporter):
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+                                 transient=True, disable=not enabled)
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def message(self, text: str) -> None:
+        console.print(text)
+
+    def epoch_callback(self, title):
+        task = self.progress.add_task(f"train {title}", total=None, info="")
+
+        def on_epoch(epoch, epochs, loss):
+            self.progress.update(task, completed=epoch, total=epochs, info=f"loss {loss:.3f}")
+            if epoch >= epochs:
+                self.progress.remove_task(task)
+
+        return on_epoch
+
+    def attack_callback(self, title):
+        def on_attack(label, total):
+            task = self.progress.add_task(f"attack {label} {title}", total=total, info="")
+
+            def on_batch(n):
+                self.progress.advance(task, n)
+                if self.progress.tasks[[t.id for t in self.progress.tasks].index(task)].finished:
+                    self.progress.remove_task(task)
+
+            return on_batch
+
+        return on_attack
+
+
+def print_plan(suite, teachers, runs, results_dir: Path | None) -> None:
+    from .store import METRICS, run_dir
+
+    console.print(f"[bold]{suite.name}[/bold]: dataset {suite.dataset.name}, threat {suite.threat.norm} "
+                  f"eps={suite.threat.eps:.4g}, {len(runs)} runs, attacks: "
+                  f"{', '.join(a.label for a in suite.evaluation.attacks)}")
+    for plan in teachers:
+        console.print(f"  teacher {plan.spec.name}: source {plan.spec.source} ({plan.teacher_id})")
+    table = Table("run_id", "teacher", "student", "method", "seed", *(["done"] if results_dir else []))
+    for run in runs:
+        row = run.describe()
+        cells = [row["run_id"], row["teacher"], row["student"], row["method"], str(row["seed"])]
+        if results_dir:
+            cells.append("yes" if (run_dir(results_dir, run.run_id) / METRICS).is_file() else "")
+        table.add_row(*cells)
+    console.print(table)
+
+
+def print_leaderboard(results_dir: Path) -> None:
+    from .report import leaderboard_frame, teacher_frame
+
+    frame = leaderboard_frame(results_dir)
+    console.print(_table(frame.drop(columns=["run_id", "params"], errors="ignore"), "Leaderboard (accuracy in %)"))
+    teachers = teacher_frame(results_dir)
+    if not teachers.empty:
+        console.print(_table(teachers, "Teachers (accuracy in %)"))
+    console.print(f"written: {results_dir / 'leaderboard.md'}, {results_dir / 'leaderboard.csv'}")
+
+
+def _table(frame, title: str) -> Table:
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(str(column), justify="right" if frame[column].dtype.kind in "fi" else "left")
+    for _, row in frame.iterrows():
+        table.add_row(*("-" if v is None or v != v else (f"{v:.2f}" if isinstance(v, float) else str(v))
+                        for v in row))
+    return table
+
+
+def print_registry(kind: str) -> None:
+    registry = _registry(kind)
+    table = Table("name", "description", "source", title=kind)
+    for name, description, source in registry.describe():
+        table.add_row(name, description, source)
+    console.print(table)
+
+
+def _registry(kind: str):
+    if kind == "methods":
+        from .methods import METHODS as registry
+    elif kind == "models":
+        from .models import MODELS as registry
+    elif kind == "datasets":
+        from .data import DATASETS as registry
+    elif kind == "attacks":
+        from .attacks import ATTACKS as registry
+    else:
+        from .teachers import TEACHER_SOURCES as registry
+    return registry

@@ -1,0 +1,50 @@
+"""What a dataset source returns: whole splits as tensors, pixels in [0, 1], channels first."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from ..registry import Registry
+
+
+class DatasetParams(BaseModel):
+    """Options of a dataset source; each source subclasses this (unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class TensorDataset:
+    name: str
+    x_train: torch.Tensor  # float32, [N, C, H, W], in [0, 1]
+    y_train: torch.Tensor  # int64, [N]
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    augment: str = "none"  # "none" or "crop_flip" (applied on whole batches by data.augment)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    def to(self, device: torch.device | str) -> "TensorDataset":
+        return TensorDataset(self.name, self.x_train.to(device), self.y_train.to(device), self.x_test.to(device),
+                             self.y_test.to(device), self.num_classes, self.augment)
+
+
+class DatasetSource:
+    """A registered dataset: ``Params`` validates the suite's options, ``load`` returns tensors."""
+
+    Params: type[DatasetParams] = DatasetParams
+
+    def load(self, params: DatasetParams) -> TensorDataset:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+DATASETS: Registry[type[DatasetSource]] = Registry("dataset")
+
+
+def uint8_to_float(x) -> torch.Tensor:
+    return torch.as_tensor(x).float().div_(255.0)

@@ -1,0 +1,68 @@
+"""The method contract: a loss over a batch. The trainer, the attacker and the evaluator are shared.
+
+A method declares what it needs from the trainer (teacher logits and/or penultimate features on
+the clean batch, computed once per batch under no_grad in eval mode) and returns a scalar loss.
+It never runs its own loop and never knows which dataset it is on.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from ..registry import Registry
+from ..threat import ThreatModel
+
+
+class MethodParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor
+    y: torch.Tensor
+    teacher_logits: torch.Tensor | None = None  # teacher(x) on the clean batch, no grad, eval mode
+    teacher_features: torch.Tensor | None = None  # teacher's penultimate features, likewise
+    teacher: nn.Module | None = None  # frozen teacher, for methods that query it on other inputs
+    epoch: int = 0
+    epochs: int = 1
+
+
+class Method:
+    Params: type[MethodParams] = MethodParams
+    uses_teacher: bool = False  # the trainer then fills Batch.teacher_logits
+    uses_teacher_features: bool = False  # ... and Batch.teacher_features
+    replays: int = 1  # the "free" family replays each batch m times (epochs are divided by m)
+
+    def __init__(self, params: MethodParams, threat: ThreatModel, seed: int = 0):
+        self.params = params
+        self.threat = threat
+        # one random stream per run for training-time attacks (random starts differ across batches)
+        self.generator = torch.Generator().manual_seed(10_000 + seed)
+
+    def loss(self, student: nn.Module, batch: Batch) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def build_method(name: str, params: dict | None, threat: ThreatModel, seed: int = 0) -> Method:
+    cls = METHODS.get(name)
+    return cls(cls.Params(**(params or {})), threat, seed)
+
+
+@contextlib.contextmanager
+def model_mode(model: nn.Module, train: bool) -> Iterator[nn.Module]:
+    """Run a block with the model in train or eval mode, then restore the mode it had."""
+    was_training = model.training
+    model.train(train)
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -1,0 +1,73 @@
+"""The model contract: ``features(x)`` is the penultimate vector, ``head`` maps it to logits.
+
+Inputs are pixels in [0, 1]; any normalization lives inside the model so that attacks work in
+pixel space and eps means what the threat model says.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..registry import Registry
+
+
+class Classifier(nn.Module):
+    """Base of every rkbench model: subclasses define ``extract`` (pixels -> penultimate features)."""
+
+    def __init__(self, feature_dim: int, num_classes: int, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None):
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.head = nn.Linear(feature_dim, num_classes)
+        self.normalize = mean is not None
+        if self.normalize:
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def extract(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            x = (x - self.mean) / self.std
+        return self.extract(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and penultimate features from one pass (methods that need both use this)."""
+        features = self.features(x)
+        return self.head(features), features
+
+
+# A model factory takes (num_classes, in_channels, image_size, **options) and returns a Classifier.
+ModelFactory = Callable[..., nn.Module]
+MODELS: Registry[ModelFactory] = Registry("model")
+
+
+def build_model(name: str, num_classes: int, input_shape: Sequence[int], **options) -> nn.Module:
+    factory = MODELS.get(name)
+    check_model_options(name, options)
+    channels, height, _ = input_shape
+    return factory(num_classes=num_classes, in_channels=channels, image_size=height, **options)
+
+
+def check_model_options(name: str, options: dict) -> None:
+    """Reject options the model's factory does not take (a typo would otherwise be silently ignored)."""
+    factory = MODELS.get(name)
+    parameters = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    allowed = set(parameters) - {"num_classes", "in_channels", "image_size"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ConfigError(f"model {name!r} takes no option {unknown[0]!r}; it takes: {', '.join(sorted(allowed)) or 'none'}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,463 @@
+"""A suite, typed: pydantic models validated at load time, ``--set`` overrides, expansion into runs.
+
+Every name is checked against its registry (with a did-you-mean) and every option block against
+the ``Params`` model of the thing it configures, so a typo fails at ``rkbench validate``, not an
+hour into a run. Errors are ``ConfigError`` with one line naming the field.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .attacks import ATTACKS
+from .data import DATASETS
+from .errors import ConfigError, RkbenchError
+from .methods import METHODS
+from .models import MODELS, check_model_options
+from .teachers import TEACHER_SOURCES
+from .threat import ThreatModel, parse_number
+
+SCHEMA_VERSION = 1  # bump when a change to training semantics must not reuse old run directories
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----------------------------------------------------------------------------------------------
+# training and evaluation sections
+
+
+class OptimizerConfig(Strict):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    nesterov: bool = False
+
+
+class ScheduleConfig(Strict):
+    name: Literal["constant", "cosine", "multistep"] = "cosine"
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75],
+                                    description="multistep: fractions of the epochs (0.5) or epoch numbers (100)")
+    gamma: float = Field(0.1, gt=0)
+
+
+class TrainingConfig(Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+
+    def for_identity(self) -> dict:
+        """The fields that change what is trained (seeds are per run; device/threads are not)."""
+        return self.model_dump(mode="json", exclude={"seeds", "device", "threads"})
+
+
+class AttackSpec(Strict):
+    name: str
+    label: str
+    options: dict = Field(default_factory=dict)
+
+
+class EvaluationConfig(Strict):
+    attacks: list[AttackSpec] = Field(default_factory=lambda: [AttackSpec(name="pgd20", label="pgd20")])
+    n_examples: int | None = Field(None, ge=1, description="first N test examples (default: all)")
+    batch_size: int = Field(500, ge=1)
+
+    @field_validator("attacks", mode="before")
+    @classmethod
+    def _attack_entries(cls, value):
+        entries = []
+        for item in value or []:
+            if isinstance(item, str):
+                item = {"name": item}
+            if isinstance(item, dict):
+                item = dict(item)
+                name = item.pop("name", None)
+                label = item.pop("label", None) or name
+                item = {"name": name, "label": label, "options": item}
+            entries.append(item)
+        return entries
+
+
+# ----------------------------------------------------------------------------------------------
+# what is distilled into what
+
+
+class DatasetSpec(Strict):
+    name: str
+    options: dict = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split(cls, value):
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict) and "options" not in value:
+            rest = dict(value)
+            return {"name": rest.pop("name", None), "options": rest}
+        return value
+
+
+class TeacherSpec(Strict):
+    name: str
+    source: str
+    options: dict = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split(cls, value):
+        if isinstance(value, dict) and "options" not in value:
+            rest = dict(value)
+            return {"name": rest.pop("name", None), "source": rest.pop("source", None), "options": rest}
+        return value
+
+
+class StudentSpec(Strict):
+    name: str
+    model: str
+    options: dict = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split(cls, value):
+        if isinstance(value, str):
+            return {"name": value, "model": value}
+        if isinstance(value, dict) and "options" not in value:
+            rest = dict(value)
+            model = rest.pop("model", None)
+            return {"name": rest.pop("name", None) or model, "model": model, "options": rest}
+        return value
+
+
+class MethodSpec(Strict):
+    label: str
+    method: str
+    params: dict = Field(default_factory=dict)
+    training: dict = Field(default_factory=dict)  # per-method overrides of the suite's training
+
+
+class Suite(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    dataset: DatasetSpec
+    threat: ThreatModel = Field(default_factory=ThreatModel)
+    teachers: list[TeacherSpec] = Field(default_factory=list)
+    students: list[StudentSpec] = Field(min_length=1)
+    methods: list[MethodSpec] = Field(min_length=1)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _methods_mapping(cls, value):
+        """``methods: {label: {method: name, training: {...}, **params}}``; method defaults to the label."""
+        if isinstance(value, list):  # a list of names is accepted too
+            value = {item: {} for item in value} if all(isinstance(i, str) for i in value) else value
+        if isinstance(value, dict):
+            entries = []
+            for label, params in value.items():
+                params = dict(params or {})
+                entries.append({"label": str(label), "method": params.pop("method", label),
+                                "training": params.pop("training", {}) or {}, "params": params})
+            return entries
+        return value
+
+    @field_validator("threat", mode="before")
+    @classmethod
+    def _threat(cls, value):
+        return value if value is not None else {}
+
+    def teacher(self, name: str) -> TeacherSpec:
+        return next(t for t in self.teachers if t.name == name)
+
+    def training_for(self, overrides: dict, where: str) -> TrainingConfig:
+        return validate_options(TrainingConfig, deep_merge(self.training.model_dump(mode="json"), overrides), where)
+
+    def uses_teacher(self, spec: MethodSpec) -> bool:
+        return METHODS.get(spec.method).uses_teacher or METHODS.get(spec.method).uses_teacher_features
+
+
+# ----------------------------------------------------------------------------------------------
+# loading, overrides, errors
+
+
+def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Suite:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"suite file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a suite is a YAML mapping (name, dataset, students, methods, ...)")
+    return suite_from_dict(apply_overrides(raw, overrides), source=str(path))
+
+
+def suite_from_dict(raw: dict, source: str = "suite") -> Suite:
+    suite = validate_options(Suite, raw, source, root=True)
+    check_suite(suite, source)
+    return suite
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """``dotted.key=value`` (value parsed as YAML); list items by index: ``students.0.model=mlp``."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+        key, text = item.split("=", 1)
+        value = yaml.safe_load(text) if text.strip() else ""
+        node: Any = raw
+        parts = key.strip().split(".")
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {key}: {'.'.join(parts[:index]) or 'suite'} has no item {part!r}")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    if node.get(part) is None:
+                        node[part] = {}
+                    node = node[part]
+            else:
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:index])} is not a mapping")
+    return raw
+
+
+def validate_options(model: type[BaseModel], data: Any, where: str, root: bool = False):
+    try:
+        return model.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, model, where, root)) from None
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], where: str, root: bool = False) -> str:
+    error = exc.errors()[0]
+    loc = [str(part) for part in error["loc"]]
+    path = ".".join(loc)
+    prefix = f"{where}: " if root else (f"{where}." if path else where)
+    if error["type"] == "extra_forbidden":
+        known = _fields_at(model, error["loc"][:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else (f"; known: {', '.join(known)}" if known else "")
+        return f"{prefix}{path}: unknown field{hint}"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        message = "required field is missing"
+    return f"{prefix}{path}: {message}" if path else f"{prefix}: {message}"
+
+
+def _fields_at(model: Any, loc: tuple) -> list[str]:
+    """The field names of the (nested) pydantic model found along ``loc``, for did-you-mean."""
+    current = model
+    for part in loc:
+        current = _unwrap(current, part)
+        if current is None:
+            return []
+    return sorted(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+
+
+def _unwrap(annotation: Any, part: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(str(part))
+        return field.annotation if field else None
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple, dict) and isinstance(part, (int, str)):
+        args = typing.get_args(annotation)
+        return args[-1] if args else None
+    for arg in typing.get_args(annotation):  # Optional / Union
+        found = _unwrap(arg, part)
+        if found is not None:
+            return found
+    return None
+
+
+def _named(registry, name: str, where: str) -> None:
+    try:
+        registry.check(name)
+    except RkbenchError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def check_suite(suite: Suite, source: str) -> None:
+    """Names against registries, option blocks against their ``Params``; normalizes options."""
+    _named(DATASETS, suite.dataset.name, f"{source}: dataset.name")
+    params = validate_options(DATASETS.get(suite.dataset.name).Params, suite.dataset.options, f"{source}: dataset")
+    suite.dataset.options = params.model_dump(mode="json")
+
+    for index, student in enumerate(suite.students):
+        where = f"{source}: students.{index}"
+        _named(MODELS, student.model, f"{where}.model")
+        try:
+            check_model_options(student.model, student.options)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    _unique([s.name for s in suite.students], f"{source}: students", "student name")
+
+    for spec in suite.methods:
+        where = f"{source}: methods.{spec.label}"
+        _named(METHODS, spec.method, f"{where}.method" if spec.method != spec.label else where)
+        params = validate_options(METHODS.get(spec.method).Params, spec.params, where)
+        spec.params = params.model_dump(mode="json", exclude_unset=False)
+        suite.training_for(spec.training, f"{where}.training")
+
+    for index, teacher in enumerate(suite.teachers):
+        where = f"{source}: teachers.{index}"
+        _named(TEACHER_SOURCES, teacher.source, f"{where}.source")
+        params = validate_options(TEACHER_SOURCES.get(teacher.source).Params, teacher.options, where)
+        teacher.options = params.model_dump(mode="json")
+        if "model" in teacher.options:
+            _named(MODELS, teacher.options["model"], f"{where}.model")
+            try:
+                check_model_options(teacher.options["model"], teacher.options.get("model_options", {}))
+            except ConfigError as exc:
+                raise ConfigError(f"{where}.model_options: {exc}") from None
+        if "method" in teacher.options:
+            _named(METHODS, teacher.options["method"], f"{where}.method")
+            if METHODS.get(teacher.options["method"]).uses_teacher:
+                raise ConfigError(f"{where}.method: {teacher.options['method']!r} needs a teacher itself; "
+                                  f"train teachers with a teacher-free method such as 'at' or 'natural'")
+            method_params = validate_options(METHODS.get(teacher.options["method"]).Params,
+                                             teacher.options.get("method_params", {}), f"{where}.method_params")
+            teacher.options["method_params"] = method_params.model_dump(mode="json")
+            suite.training_for(teacher.options.get("training", {}), f"{where}.training")
+    _unique([t.name for t in suite.teachers], f"{source}: teachers", "teacher name")
+    _unique([m.label for m in suite.methods], f"{source}: methods", "method label")
+
+    if any(suite.uses_teacher(m) for m in suite.methods) and not suite.teachers:
+        needing = [m.label for m in suite.methods if suite.uses_teacher(m)]
+        raise ConfigError(f"{source}: teachers: methods {', '.join(needing)} distill from a teacher, "
+                          f"but the suite names none")
+
+    for index, attack in enumerate(suite.evaluation.attacks):
+        where = f"{source}: evaluation.attacks.{index}"
+        _named(ATTACKS, attack.name, f"{where}.name")
+        cls = ATTACKS.get(attack.name)
+        params = validate_options(cls.Params, {**cls.defaults, **attack.options}, where)
+        attack.options = {k: v for k, v in params.model_dump(mode="json").items()}
+    _unique([a.label for a in suite.evaluation.attacks], f"{source}: evaluation.attacks", "attack label")
+
+
+def _unique(names: list[str], where: str, what: str) -> None:
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise ConfigError(f"{where}: {what} {name!r} appears twice; give each a distinct name")
+        seen.add(name)
+
+
+def deep_merge(base: dict, overrides: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+# ----------------------------------------------------------------------------------------------
+# expansion into runs
+
+
+def config_hash(identity: dict, length: int = 12) -> str:
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:length]
+
+
+@dataclass
+class TeacherPlan:
+    spec: TeacherSpec
+    identity: dict
+    training: TrainingConfig | None  # for teachers trained in the suite
+
+    @property
+    def teacher_id(self) -> str:
+        return config_hash(self.identity)
+
+
+@dataclass
+class RunSpec:
+    suite: str
+    dataset: DatasetSpec
+    threat: ThreatModel
+    teacher: TeacherPlan | None
+    student: StudentSpec
+    method: MethodSpec
+    training: TrainingConfig
+    seed: int
+
+    def identity(self) -> dict:
+        """Everything that changes the trained student; the evaluation is not part of it, so a
+        new attack is added to finished runs without retraining them."""
+        return {
+            "schema": SCHEMA_VERSION,
+            "dataset": {"name": self.dataset.name, "options": self.dataset.options},
+            "threat": self.threat.model_dump(mode="json"),
+            "teacher": self.teacher.identity if self.teacher else None,
+            "student": {"model": self.student.model, "options": self.student.options},
+            "method": {"name": self.method.method, "params": self.method.params},
+            "training": self.training.for_identity(),
+            "seed": self.seed,
+        }
+
+    @property
+    def run_id(self) -> str:
+        return config_hash(self.identity())
+
+    def describe(self) -> dict:
+        return {"run_id": self.run_id, "teacher": self.teacher.spec.name if self.teacher else "-",
+                "student": self.student.name, "method": self.method.label, "seed": self.seed}
+
+
+def plan_teacher(suite: Suite, spec: TeacherSpec) -> TeacherPlan:
+    source = TEACHER_SOURCES.get(spec.source)()
+    params = source.Params(**spec.options)
+    identity = {"source": spec.source, **source.identity(params)}
+    training = None
+    if source.trains:
+        training = suite.training_for(spec.options.get("training", {}), f"teachers.{spec.name}.training")
+        identity = {**identity, "schema": SCHEMA_VERSION, "training": training.for_identity(),
+                    "dataset": {"name": suite.dataset.name, "options": suite.dataset.options},
+                    "threat": suite.threat.model_dump(mode="json")}
+    return TeacherPlan(spec, identity, training)
+
+
+def expand(suite: Suite) -> tuple[list[TeacherPlan], list[RunSpec]]:
+    """teacher x student x method x seed; methods without a teacher run once per student and seed."""
+    teachers = [plan_teacher(suite, spec) for spec in suite.teachers]
+    runs: list[RunSpec] = []
+    seen: set[str] = set()
+    for method in suite.methods:
+        training = suite.training_for(method.training, f"methods.{method.label}.training")
+        for teacher in (teachers if suite.uses_teacher(method) else [None]):
+            for student in suite.students:
+                for seed in training.seeds:
+                    run = RunSpec(suite.name, suite.dataset, suite.threat, teacher, student, method, training, seed)
+                    if run.run_id not in seen:
+                        seen.add(run.run_id)
+                        runs.append(run)
+    return teachers, runs

@@ -1,0 +1,50 @@
+"""Teacher sources: where a robust teacher comes from (trained in the suite, a checkpoint, ...).
+
+A source validates its suite options (``Params``) and builds the teacher network. Anything that
+needs the shared trainer gets it through ``TeacherContext.train``, so sources never import the
+trainer or the runner.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from ..data import TensorDataset
+from ..registry import Registry
+from ..threat import ThreatModel
+
+
+class TeacherParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class TeacherContext:
+    dataset: TensorDataset
+    threat: ThreatModel
+    device: torch.device
+    training: Any = None  # the suite's TrainingConfig (defaults for teachers trained in the suite)
+    work_dir: Path | None = None  # where a trained teacher keeps its checkpoints
+    # train(model, method_name, method_params, training, seed, work_dir) -> trained model
+    train: Callable[..., nn.Module] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class TeacherSource:
+    Params: type[TeacherParams] = TeacherParams
+    trains: bool = False  # True: the runner trains it once and caches it under results/<suite>/teachers/
+
+    def identity(self, params: TeacherParams) -> dict:
+        """What makes two teachers the same (hashed into every run that uses the teacher)."""
+        return params.model_dump(mode="json")
+
+    def build(self, params: TeacherParams, context: TeacherContext) -> nn.Module:  # pragma: no cover
+        raise NotImplementedError
+
+
+TEACHER_SOURCES: Registry[type[TeacherSource]] = Registry("teacher source")

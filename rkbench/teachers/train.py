@@ -1,0 +1,36 @@
+"""A teacher trained inside the suite (e.g. PGD adversarial training), cached for every run."""
+from __future__ import annotations
+
+from pydantic import Field
+
+from ..models import build_model
+from .base import TEACHER_SOURCES, TeacherParams, TeacherSource
+
+
+class TrainParams(TeacherParams):
+    model: str
+    model_options: dict = Field(default_factory=dict)
+    method: str = "at"
+    method_params: dict = Field(default_factory=dict)
+    training: dict = Field(default_factory=dict)  # overrides of the suite's training section
+    seed: int = 0
+
+
+@TEACHER_SOURCES.register("train", description="trained in the suite with a registered method (e.g. at)",
+                          source="rkbench trainer")
+class Train(TeacherSource):
+    Params = TrainParams
+    trains = True
+
+    def build(self, params: TrainParams, context):
+        data = context.dataset
+        torch_seed(params.seed)
+        model = build_model(params.model, data.num_classes, data.input_shape, **params.model_options)
+        return context.train(model, params.method, params.method_params, params.training, params.seed,
+                             context.work_dir)
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)

@@ -1,0 +1,102 @@
+import json
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from rkbench.cli import main
+from rkbench.models import build_model
+
+from conftest import tiny_suite_dict
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tiny suite run once through the CLI."""
+    base = tmp_path_factory.mktemp("e2e")
+    suite = base / "tiny.yaml"
+    suite.write_text(yaml.safe_dump(tiny_suite_dict()))
+    results = base / "results"
+    result = CliRunner().invoke(main, ["run", str(suite), "--results-dir", str(results), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return suite, results, result.output
+
+
+def test_run_writes_leaderboard_with_every_method_and_student(finished):
+    _, results, output = finished
+    frame = pd.read_csv(results / "leaderboard.csv")
+    assert len(frame) == 8
+    assert set(frame["method"]) == {"natural", "kd", "at", "ard"}
+    assert set(frame["student"]) == {"cnn_tiny", "mlp_small"}
+    assert set(frame.loc[frame.method.isin(["kd", "ard"]), "teacher"]) == {"t_at"}
+    assert frame["status"].eq("finished").all()
+    assert ((frame["pgd5"] <= frame["clean"]) & (frame["worst_case"] <= frame["pgd5"])).all()
+    assert "Leaderboard" in output and "ard" in output
+    markdown = (results / "leaderboard.md").read_text()
+    assert markdown.startswith("| teacher | student | method | seed | clean | pgd5 | worst_case |")
+    assert "Teachers" in markdown
+
+
+def test_run_directories_hold_config_metrics_checkpoint_log(finished):
+    _, results, _ = finished
+    runs = sorted((results / "runs").iterdir())
+    assert len(runs) == 8
+    for run in runs:
+        assert {"config.json", "metrics.json", "student.pt", "log.txt", "per_example.npz"} <= {p.name for p in run.iterdir()}
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["run_id"] == run.name and metrics["n_examples"] == 100
+        assert not list(run.glob("*.tmp")) and not (run / "checkpoint.pt").exists()
+    teachers = list((results / "teachers").iterdir())
+    assert len(teachers) == 1 and (teachers[0] / "teacher.pt").is_file()
+
+
+def test_metrics_match_the_saved_student(finished, digits):
+    _, results, _ = finished
+    run = next(p for p in (results / "runs").iterdir()
+               if json.loads((p / "metrics.json").read_text())["method"] == "natural")
+    metrics = json.loads((run / "metrics.json").read_text())
+    model = build_model(metrics["model"], 10, (1, 8, 8), **({"hidden": 32} if metrics["model"] == "mlp" else {}))
+    model.load_state_dict(torch.load(run / "student.pt", weights_only=True))
+    with torch.no_grad():
+        clean = (model.eval()(digits.x_test[:100]).argmax(1) == digits.y_test[:100]).float().mean().item()
+    assert clean == pytest.approx(metrics["clean_accuracy"])
+
+
+@pytest.mark.parametrize("fmt", ["md", "csv", "json"])
+def test_report_rebuilds_the_same_table_from_files(finished, fmt, tmp_path):
+    _, results, _ = finished
+    out = tmp_path / f"board.{fmt}"
+    result = CliRunner().invoke(main, ["report", str(results), "--format", fmt, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    if fmt == "csv":
+        assert out.read_text() == (results / "leaderboard.csv").read_text()
+    elif fmt == "md":
+        assert (results / "leaderboard.md").read_text().startswith(out.read_text())
+    else:
+        rows = json.loads(out.read_text())["rows"]
+        assert {r["run_id"] for r in rows} == set(pd.read_csv(results / "leaderboard.csv")["run_id"])
+
+
+def test_rerun_skips_finished_runs(finished):
+    suite, results, _ = finished
+    stamps = {p: p.stat().st_mtime_ns for p in (results / "runs").glob("*/student.pt")}
+    result = CliRunner().invoke(main, ["run", str(suite), "--results-dir", str(results), "--quiet"])
+    assert result.exit_code == 0
+    assert stamps == {p: p.stat().st_mtime_ns for p in (results / "runs").glob("*/student.pt")}
+    assert "training" not in result.output
+
+
+def test_dry_run_lists_the_matrix_and_trains_nothing(finished, tmp_path):
+    suite, _, _ = finished
+    result = CliRunner().invoke(main, ["run", str(suite), "--results-dir", str(tmp_path / "r"), "--dry-run"])
+    assert result.exit_code == 0 and result.output.count("cnn_tiny") >= 4
+    assert not (tmp_path / "r").exists()
+
+
+def test_list_shows_registries():
+    for kind, expected in [("methods", "ard"), ("models", "mobilenetv2"), ("datasets", "digits"),
+                           ("attacks", "pgd20"), ("teachers", "checkpoint")]:
+        result = CliRunner().invoke(main, ["list", kind])
+        assert result.exit_code == 0 and expected in result.output
