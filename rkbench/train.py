@@ -87,6 +87,8 @@ class Trainer:
         if teacher is not None:
             teacher.to(device).eval()
             teacher.requires_grad_(False)  # gradients reach the student only
+        method.prepare(student, teacher)
+        student.to(device)
         optimizer = make_optimizer(student, config)
         epochs = self.epochs_for(method)
         n_train = data.x_train.shape[0]

@@ -45,6 +45,10 @@ class Method:
         # one random stream per run for training-time attacks (random starts differ across batches)
         self.generator = torch.Generator().manual_seed(10_000 + seed)
 
+    def prepare(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Called once before the optimizer is built: a method that adds trainable modules to the
+        student (e.g. a feature projection) attaches them here so that they are optimized and saved."""
+
     def loss(self, student: nn.Module, batch: Batch) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
