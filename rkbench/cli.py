@@ -96,6 +96,42 @@ def report(results_dir, fmt, out):
         click.echo(text, nl=False)
 
 
+@main.command(name="eval")
+@click.option("--model", "model_spec", required=True, metavar="SPEC",
+              help="A run/teacher directory, or SOURCE[:key=value,...], e.g. pyautoattack or "
+                   "checkpoint:model=resnet18,path=w.pt.")
+@click.option("--dataset", "dataset_spec", default="digits", show_default=True, metavar="SPEC",
+              help="NAME[:key=value,...], e.g. npz:path=../shared/data/cifar10-slice.npz.")
+@click.option("--attacks", default="pgd20", show_default=True,
+              help="Comma-separated attack names or presets (rkbench list attacks).")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
+@click.option("--eps", default="8/255", show_default=True, help="Radius of the threat model (0.031 or 8/255).")
+@click.option("--n-examples", type=int, help="First N test examples (default: all).")
+@click.option("--batch-size", type=int, default=500, show_default=True)
+@click.option("--no-cascade", is_flag=True, help="Run every attack on every example (every column exact).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("~/.cache/rkbench/eval"),
+              show_default=True, help="Per-example results cache.")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the cache.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@one_line_errors
+def eval_(model_spec, dataset_spec, attacks, norm, eps, n_examples, batch_size, no_cascade, device, cache_dir,
+          no_cache, as_json):
+    """Evaluate one model with the same protocol as a suite and print a table."""
+    import json
+
+    from .api import evaluate
+    from .cli_display import print_evaluation
+
+    evaluation = evaluate(model_spec, dataset_spec, [a.strip() for a in attacks.split(",") if a.strip()],
+                          threat={"norm": norm, "eps": eps}, n_examples=n_examples, cascade=not no_cascade,
+                          batch_size=batch_size, device=device, cache_dir=None if no_cache else cache_dir)
+    if as_json:
+        click.echo(json.dumps(evaluation.summary(), indent=2))
+    else:
+        print_evaluation(model_spec, evaluation)
+
+
 @main.command(name="list")
 @click.argument("kind", type=click.Choice(["methods", "models", "datasets", "attacks", "teachers"]))
 def list_(kind):

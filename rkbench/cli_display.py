@@ -84,6 +84,22 @@ def print_leaderboard(results_dir: Path) -> None:
     console.print(f"written: {results_dir / 'leaderboard.md'}, {results_dir / 'leaderboard.csv'}")
 
 
+def print_evaluation(model_spec: str, evaluation) -> None:
+    summary = evaluation.summary()
+    table = Table("attack", "accuracy %", "attacked", "seconds", title=f"{model_spec} ({summary['n_examples']} examples)")
+    result = evaluation.result
+    table.add_row("clean", f"{100 * summary['clean_accuracy']:.2f}", "all", f"{result.seconds.get('clean', 0):.1f}")
+    for label, accuracy in summary["robust_accuracy"].items():
+        cell = "cascade" if accuracy is None else f"{100 * accuracy:.2f}"
+        attacked = f"{100 * result.evaluated[label].mean():.0f}%"
+        seconds = "cached" if label in evaluation.cached else f"{result.seconds.get(label, 0):.1f}"
+        table.add_row(label, cell, attacked, seconds)
+    table.add_row("worst case", f"{100 * summary['worst_case_accuracy']:.2f}", "", "")
+    console.print(table)
+    for flag in summary["flags"]:
+        console.print(f"[yellow]flag {flag['code']}[/yellow]: {flag['detail']}")
+
+
 def _table(frame, title: str) -> Table:
     table = Table(title=title)
     for column in frame.columns:

@@ -1,48 +1,93 @@
-"""The one evaluator: clean accuracy, every attack of the protocol, the per-example worst case.
+"""The one evaluator: clean accuracy, the attack protocol run as a cascade, the per-example worst
+case, and integrity flags.
 
-Per-example correctness (one boolean array per attack) is what is stored; accuracies and the
-worst case are derived from it, so adding an attack later never redoes the old ones.
+What is stored is per-example: for each attack, whether each example was still classified
+correctly under it and whether the attack was run on it at all. Accuracies, the worst case and
+the flags are derived from those arrays, so adding an attack later never redoes the old ones.
+
+The cascade runs attacks cheapest first; an attack not marked ``exact`` only runs on the examples
+that are still robust (correct on clean inputs and under every earlier attack): the worst case is
+the same as running everything everywhere, its own column is reported as "cascade". An attack
+marked ``exact``, and the cheapest attack, run on every example: their columns are accuracies.
 """
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from . import store
 from .attacks import Attack, perturbation_norm
 from .errors import AttackError
 
 CLEAN = "clean"
+EVALUATED = "__evaluated"  # suffix of the mask arrays in per_example.npz
 
 
 @dataclass
 class EvalResult:
     n_examples: int
-    correct: dict[str, np.ndarray]  # "clean" and one entry per attack label, bool [n_examples]
+    correct: dict[str, np.ndarray]  # "clean" and one per attack label: bool [n]; False where not run
+    evaluated: dict[str, np.ndarray] = field(default_factory=dict)  # attack label -> bool [n]: was it run there
     seconds: dict[str, float] = field(default_factory=dict)
+    flags: list[dict] = field(default_factory=list)
 
-    def accuracy(self, label: str) -> float:
-        return float(self.correct[label].mean()) if self.n_examples else float("nan")
+    def is_exact(self, label: str) -> bool:
+        return label == CLEAN or bool(self.evaluated.get(label, np.zeros(0, bool)).all())
+
+    def accuracy(self, label: str) -> float | None:
+        """Accuracy under one attack, or None where the cascade ran it on survivors only."""
+        if not self.is_exact(label):
+            return None
+        return float(self.correct[label].mean())
 
     @property
     def clean_accuracy(self) -> float:
-        return self.accuracy(CLEAN)
+        return float(self.correct[CLEAN].mean())
+
+    def not_broken(self, label: str) -> np.ndarray:
+        """Examples this attack did not break (where it was not run, it broke nothing)."""
+        if label == CLEAN:
+            return self.correct[CLEAN]
+        return self.correct[label] | ~self.evaluated[label]
 
     def worst_case(self, labels: Sequence[str] | None = None) -> np.ndarray:
-        """Correct under clean input and under every attack: the per-example worst case."""
-        labels = [label for label in (labels or self.correct) if label in self.correct]
-        worst = np.ones(self.n_examples, dtype=bool)
-        for label in labels:
-            worst &= self.correct[label]
+        """Correct on clean inputs and under every attack: the per-example worst case."""
+        worst = self.correct[CLEAN].copy()
+        for label in labels if labels is not None else self.evaluated:
+            if label != CLEAN:
+                worst &= self.not_broken(label)
         return worst
 
     @property
     def worst_case_accuracy(self) -> float:
-        return float(self.worst_case().mean()) if self.n_examples else float("nan")
+        return float(self.worst_case().mean())
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = dict(self.correct)
+        out.update({label + EVALUATED: mask for label, mask in self.evaluated.items()})
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "EvalResult":
+        correct = {k: v.astype(bool) for k, v in arrays.items() if not k.endswith(EVALUATED)}
+        evaluated = {k[: -len(EVALUATED)]: v.astype(bool) for k, v in arrays.items() if k.endswith(EVALUATED)}
+        for label in correct:  # arrays written before masks existed were run everywhere
+            if label != CLEAN and label not in evaluated:
+                evaluated[label] = np.ones_like(correct[label], dtype=bool)
+        return cls(len(correct.get(CLEAN, [])), correct, evaluated)
+
+    def subset(self, labels: Sequence[str]) -> "EvalResult":
+        keep = [CLEAN, *labels]
+        return EvalResult(self.n_examples, {k: v for k, v in self.correct.items() if k in keep},
+                          {k: v for k, v in self.evaluated.items() if k in keep},
+                          {k: v for k, v in self.seconds.items() if k in keep})
 
 
 @torch.no_grad()
@@ -51,13 +96,16 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 
 def attack_correct(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                   on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+                   on_batch: Callable[[int], None] | None = None,
+                   example_ids: torch.Tensor | None = None) -> np.ndarray:
     """Per-example correctness under ``attack``; checks the attack stayed inside the threat model."""
     correct = []
     eps = attack.threat.eps
+    if example_ids is None:
+        example_ids = torch.arange(x.shape[0])
     for start in range(0, x.shape[0], batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        x_adv = attack(model, xb, yb)
+        x_adv = attack(model, xb, yb, example_ids=example_ids[start:start + batch_size].cpu())
         excess = (perturbation_norm(x_adv - xb, attack.threat.norm) - eps).max().item()
         if excess > 1e-5 or x_adv.min() < -1e-6 or x_adv.max() > 1 + 1e-6:
             raise AttackError(f"attack {type(attack).__name__} left the threat model "
@@ -72,26 +120,146 @@ def attack_correct(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.T
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: dict[str, Attack], batch_size: int = 500,
-             previous: EvalResult | None = None,
+             previous: EvalResult | None = None, exact: Sequence[str] | None = None, cascade: bool = True,
              on_attack: Callable[[str, int], Callable[[int], None] | None] | None = None) -> EvalResult:
-    """Evaluate ``model`` (eval mode) on clean inputs and under each attack; labels already in
-    ``previous`` are reused, not recomputed."""
-    if x.shape[0] == 0:
+    """Evaluate ``model`` (eval mode) clean and under ``attacks``.
+
+    cascade: attacks run cheapest first, each on the examples still robust, except those named in
+    ``exact`` (every attack when cascade is off), which run on every example. Arrays in
+    ``previous`` (same attack configurations) are reused: only examples never attacked and still
+    needing it are attacked.
+    """
+    n = x.shape[0]
+    if n == 0:
         raise AttackError("evaluation on zero examples: check evaluation.n_examples and the dataset")
     model.eval()
-    result = EvalResult(x.shape[0], {}, {})
-    if previous is not None and previous.n_examples == x.shape[0]:
+    exact = set(attacks) if not cascade else set(exact or ())
+    result = EvalResult(n, {}, {}, {})
+    if previous is not None and previous.n_examples == n:
         result.correct.update(previous.correct)
+        result.evaluated.update(previous.evaluated)
         result.seconds.update(previous.seconds)
     if CLEAN not in result.correct:
         started = time.perf_counter()
         result.correct[CLEAN] = (predict(model, x, batch_size) == y).cpu().numpy()
         result.seconds[CLEAN] = time.perf_counter() - started
-    for label, attack in attacks.items():
-        if label in result.correct:
-            continue
-        started = time.perf_counter()
-        callback = on_attack(label, x.shape[0]) if on_attack else None
-        result.correct[label] = attack_correct(model, attack, x, y, batch_size, callback)
-        result.seconds[label] = time.perf_counter() - started
+    robust = result.correct[CLEAN].copy()
+    ordered = sorted(attacks.items(), key=lambda item: item[1].cost)
+    if ordered:  # the cheapest attack runs everywhere anyway (on the clean survivors): its column stays exact
+        exact.add(ordered[0][0])
+    for label, attack in ordered:
+        if label not in result.correct:
+            result.correct[label] = np.zeros(n, dtype=bool)
+            result.evaluated[label] = np.zeros(n, dtype=bool)
+        wanted = np.ones(n, dtype=bool) if label in exact else robust
+        need = wanted & ~result.evaluated[label]
+        if need.any():
+            started = time.perf_counter()
+            index = torch.from_numpy(np.flatnonzero(need)).to(x.device)
+            callback = on_attack(label, int(need.sum())) if on_attack else None
+            result.correct[label][need] = attack_correct(model, attack, x[index], y[index], batch_size, callback,
+                                                         example_ids=index.cpu())
+            result.evaluated[label][need] = True
+            result.seconds[label] = result.seconds.get(label, 0.0) + time.perf_counter() - started
+        robust &= result.not_broken(label)
+    result.flags = integrity_flags(model, x, y, result, attacks, batch_size)
     return result
+
+
+# ----------------------------------------------------------------------------------------------
+# integrity flags: they never change a number, they explain it
+
+
+def noise_margin(n: int) -> float:
+    """Differences smaller than this are sampling noise, not a finding (2 examples or 0.5 %)."""
+    return max(2.0 / n, 0.005)
+
+
+def dominates(strong: Attack, weak: Attack) -> bool:
+    """Whether ``strong`` should never score higher than ``weak`` (up to noise)."""
+    from .attacks.autoattack import AutoAttackEval
+    from .attacks.pgd import PGD
+
+    if isinstance(strong, PGD) and isinstance(weak, PGD):
+        s, w = strong.params, weak.params
+        return (s.loss == w.loss and s.steps >= w.steps and s.restarts >= w.restarts
+                and (s.steps, s.restarts) != (w.steps, w.restarts))
+    if isinstance(strong, AutoAttackEval) and isinstance(weak, PGD):
+        return weak.params.steps <= 100 and weak.params.restarts <= 1  # APGD-CE alone is at least as strong
+    return False
+
+
+def input_gradient_health(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    """Fraction of examples whose input gradient of the CE loss is zero or not finite."""
+    bad = 0
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start:start + batch_size].clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(xb), y[start:start + batch_size], reduction="sum"), xb)
+        flat = grad.flatten(1)
+        bad += int(((flat.abs().sum(1) == 0) | ~torch.isfinite(flat).all(1)).sum())
+    return bad / x.shape[0]
+
+
+def integrity_flags(model, x, y, result: EvalResult, attacks: dict[str, Attack], batch_size: int) -> list[dict]:
+    from .attacks.autoattack import Square
+
+    n, margin, clean = result.n_examples, noise_margin(result.n_examples), result.clean_accuracy
+    flags: list[dict] = []
+    for label in attacks:
+        accuracy = result.accuracy(label)
+        if accuracy is not None and accuracy > clean + margin:
+            flags.append({"code": "robust_above_clean", "detail": f"{label} {accuracy:.2%} > clean {clean:.2%}"})
+    for strong_label, strong in attacks.items():
+        for weak_label, weak in attacks.items():
+            a_strong, a_weak = result.accuracy(strong_label), result.accuracy(weak_label)
+            if a_strong is None or a_weak is None or not dominates(strong, weak):
+                continue
+            if a_strong > a_weak + margin:
+                flags.append({"code": "stronger_attack_weaker",
+                              "detail": f"{strong_label} {a_strong:.2%} > {weak_label} {a_weak:.2%}"})
+    white_box = [label for label, attack in attacks.items() if not isinstance(attack, Square)]
+    for label, attack in attacks.items():
+        if isinstance(attack, Square) and white_box:
+            survivors = result.worst_case(white_box)
+            broken = survivors & result.evaluated[label] & ~result.correct[label]
+            if broken.sum() / n > max(margin, 0.02):
+                flags.append({"code": "square_beats_whitebox",
+                              "detail": f"{label} breaks {broken.sum() / n:.2%} of the examples that every "
+                                        f"white-box attack left robust (gradient masking?)"})
+    bad_gradients = input_gradient_health(model, x, y, batch_size)
+    if bad_gradients > 0.05:
+        flags.append({"code": "zero_gradients",
+                      "detail": f"{bad_gradients:.1%} of examples have a zero or non-finite input gradient"})
+    for label, attack in attacks.items():
+        for message in attack.warnings:
+            flags.append({"code": "autoattack_check", "detail": f"{label}: {message.split(' See ')[0]}"})
+    return flags
+
+
+# ----------------------------------------------------------------------------------------------
+# per-example arrays on disk (a run directory, a teacher directory, the `rkbench eval` cache)
+
+
+def load_per_example(path) -> EvalResult | None:
+    try:
+        with np.load(path) as arrays:
+            return EvalResult.from_arrays({key: arrays[key] for key in arrays.files})
+    except (OSError, ValueError, KeyError, EOFError):  # absent or damaged: recomputed, never trusted
+        return None
+    except Exception:  # zipfile.BadZipFile and friends
+        return None
+
+
+def save_per_example(path, result: EvalResult) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **result.arrays())
+    store.atomic_write(path, lambda handle: handle.write(buffer.getvalue()), mode="wb")
+
+
+def reusable_previous(path, metrics: dict | None, threat: dict, attack_configs: dict) -> EvalResult | None:
+    """The stored arrays of the attacks configured exactly as now (same threat model), else None."""
+    previous = load_per_example(path)
+    if previous is None or not metrics or metrics.get("threat") != threat:
+        return None
+    recorded = metrics.get("attacks") or {}
+    return previous.subset([label for label, config in attack_configs.items() if recorded.get(label) == config])

@@ -2,7 +2,6 @@
 skipping finished ones and resuming unfinished ones. Failures are recorded, never fatal."""
 from __future__ import annotations
 
-import io
 import platform
 import time
 import traceback
@@ -10,14 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from . import store
 from .attacks import build_attack
 from .data import TensorDataset, load_dataset
 from .errors import RkbenchError
-from .evaluate import CLEAN, EvalResult, evaluate
+from .evaluate import CLEAN, EvalResult, evaluate, reusable_previous, save_per_example
 from .methods import build_method
 from .models import build_model, count_parameters
 from .report import write_leaderboard
@@ -101,20 +99,39 @@ class SuiteRunner:
 
     def evaluate_model(self, model, directory: Path, title: str) -> EvalResult:
         x, y = self.eval_split()
-        previous = load_per_example(directory / store.PER_EXAMPLE)
-        result = evaluate(model.to(self.device), x, y, self.attacks(), self.suite.evaluation.batch_size,
-                          previous=previous, on_attack=self.reporter.attack_callback(title))
+        evaluation = self.suite.evaluation
+        previous = reusable_previous(directory / store.PER_EXAMPLE, load_metrics_file(directory / store.METRICS),
+                                     self.suite.threat.model_dump(mode="json"), self.attack_configs())
+        result = evaluate(model.to(self.device), x, y, self.attacks(), evaluation.batch_size, previous=previous,
+                          exact=[a.label for a in evaluation.attacks if a.exact], cascade=evaluation.cascade,
+                          on_attack=self.reporter.attack_callback(title))
         save_per_example(directory / store.PER_EXAMPLE, result)
         return result
+
+    def evaluation_current(self, metrics: dict | None) -> bool:
+        """Whether recorded metrics already hold this suite's evaluation (same attacks, threat, examples)."""
+        if not metrics or metrics.get("n_examples") != self.eval_split()[0].shape[0]:
+            return False
+        recorded = metrics.get("attacks", {})
+        exact = {a.label for a in self.suite.evaluation.attacks if a.exact or not self.suite.evaluation.cascade}
+        return (metrics.get("threat") == self.suite.threat.model_dump(mode="json")
+                and all(recorded.get(label) == config for label, config in self.attack_configs().items())
+                and all(metrics.get("robust_accuracy", {}).get(label) is not None for label in exact))
+
+    def attack_configs(self) -> dict:
+        return {a.label: {"name": a.name, **a.options} for a in self.suite.evaluation.attacks}
 
     def accuracy_fields(self, result: EvalResult) -> dict:
         labels = [a.label for a in self.suite.evaluation.attacks]
         worst = result.worst_case([CLEAN, *labels])
         return {"n_examples": result.n_examples, "clean_accuracy": result.clean_accuracy,
+                # None: run by the cascade on the examples still robust only (not an accuracy)
                 "robust_accuracy": {label: result.accuracy(label) for label in labels},
+                "attacked_fraction": {label: float(result.evaluated[label].mean()) for label in labels},
                 "worst_case_accuracy": float(worst.mean()),
                 "attack_seconds": {label: round(result.seconds.get(label, 0.0), 3) for label in labels},
-                "attacks": {a.label: {"name": a.name, **a.options} for a in self.suite.evaluation.attacks},
+                "attacks": self.attack_configs(), "cascade": self.suite.evaluation.cascade,
+                "flags": result.flags,
                 "threat": self.suite.threat.model_dump(mode="json")}
 
     # -- teachers -----------------------------------------------------------------------------
@@ -151,12 +168,11 @@ class SuiteRunner:
         model.requires_grad_(False)
         metrics_path = directory / store.METRICS
         cached = load_metrics_file(metrics_path)
-        labels = [a.label for a in self.suite.evaluation.attacks]
-        if cached is None or not set(labels) <= set(cached.get("robust_accuracy", {})):
+        if not self.evaluation_current(cached):
             result = self.evaluate_model(model, directory, f"teacher {plan.spec.name}")
             store.write_json(metrics_path, {
                 "run_id": plan.teacher_id, "teacher": plan.spec.name, "source": plan.spec.source,
-                "model": plan.spec.options.get("model", plan.spec.options.get("name")),
+                "model": source.model_label(params),
                 "parameters": count_parameters(model), "train_seconds": train_seconds, "status": "finished",
                 **self.accuracy_fields(result)})
         self._teachers[plan.teacher_id] = model
@@ -166,13 +182,10 @@ class SuiteRunner:
     def run_one(self, run: RunSpec) -> RunOutcome:
         directory = store.run_dir(self.results_dir, run.run_id)
         metrics = load_metrics_file(directory / store.METRICS)
-        labels = [a.label for a in self.suite.evaluation.attacks]
-        n_eval = self.eval_split()[0].shape[0]
         if metrics is not None:
             if metrics.get("status") == "failed" and not self.retry_failed:
                 return RunOutcome(run, "failed", metrics.get("error"))
-            if (metrics.get("status") == "finished" and set(labels) <= set(metrics.get("robust_accuracy", {}))
-                    and metrics.get("n_examples") == n_eval):
+            if metrics.get("status") == "finished" and self.evaluation_current(metrics):
                 return RunOutcome(run, "cached")
         title = f"{run.student.name} <- {run.method.label}" + (f" ({run.teacher.spec.name})" if run.teacher else "")
         store.write_json(directory / store.CONFIG, {**run.describe(), "identity": run.identity(),
@@ -229,24 +242,6 @@ def load_metrics_file(path: Path) -> dict | None:
         return store.read_json(path) if path.is_file() else None
     except (OSError, ValueError):
         return None
-
-
-def load_per_example(path: Path) -> EvalResult | None:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path) as arrays:
-            correct = {key: arrays[key].astype(bool) for key in arrays.files}
-    except Exception:  # a damaged cache is recomputed, not trusted
-        return None
-    n = len(next(iter(correct.values()))) if correct else 0
-    return EvalResult(n, correct, {})
-
-
-def save_per_example(path: Path, result: EvalResult) -> None:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **result.correct)
-    store.atomic_write(path, lambda h: h.write(buffer.getvalue()), mode="wb")
 
 
 def run_suite(suite: Suite, results_dir: str | Path | None = None, reporter: Reporter | None = None,

@@ -69,6 +69,7 @@ class TrainingConfig(Strict):
 class AttackSpec(Strict):
     name: str
     label: str
+    exact: bool = False  # run on every example (an exact column) even when the evaluation cascades
     options: dict = Field(default_factory=dict)
 
 
@@ -76,6 +77,8 @@ class EvaluationConfig(Strict):
     attacks: list[AttackSpec] = Field(default_factory=lambda: [AttackSpec(name="pgd20", label="pgd20")])
     n_examples: int | None = Field(None, ge=1, description="first N test examples (default: all)")
     batch_size: int = Field(500, ge=1)
+    cascade: bool = Field(True, description="attacks cheapest first, each on the examples still robust; "
+                                            "columns not marked exact are reported as 'cascade'")
 
     @field_validator("attacks", mode="before")
     @classmethod
@@ -88,7 +91,8 @@ class EvaluationConfig(Strict):
                 item = dict(item)
                 name = item.pop("name", None)
                 label = item.pop("label", None) or name
-                item = {"name": name, "label": label, "options": item}
+                exact = item.pop("exact", False)
+                item = {"name": name, "label": label, "exact": exact, "options": item}
             entries.append(item)
         return entries
 
@@ -327,7 +331,9 @@ def check_suite(suite: Suite, source: str) -> None:
     for index, teacher in enumerate(suite.teachers):
         where = f"{source}: teachers.{index}"
         _named(TEACHER_SOURCES, teacher.source, f"{where}.source")
-        params = validate_options(TEACHER_SOURCES.get(teacher.source).Params, teacher.options, where)
+        option = TEACHER_SOURCES.get(teacher.source).name_option  # e.g. robustbench: model_name = the name
+        options = {option: teacher.name, **teacher.options} if option else teacher.options
+        params = validate_options(TEACHER_SOURCES.get(teacher.source).Params, options, where)
         teacher.options = params.model_dump(mode="json")
         if "model" in teacher.options:
             _named(MODELS, teacher.options["model"], f"{where}.model")

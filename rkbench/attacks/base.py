@@ -23,15 +23,26 @@ class AttackParams(BaseModel):
 class Attack:
     Params: type[AttackParams] = AttackParams
     defaults: dict[str, Any] = {}  # presets (pgd20, pgd1000, ...) are subclasses that only change these
+    cost_per_example = 1  # rough gradient evaluations per example: the cascade runs cheap attacks first
+    warnings: list[str] = []  # an attack's own integrity warnings (pyautoattack's checks), turned into flags
 
     def __init__(self, threat: ThreatModel, **options: Any):
         self.threat = threat
         self.params = self.Params(**{**self.defaults, **options})
+        self.example_ids: torch.Tensor | None = None
+
+    @property
+    def cost(self) -> float:
+        return float(self.cost_per_example)
 
     def run(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 example_ids: torch.Tensor | None = None) -> torch.Tensor:
+        # example_ids (positions in the evaluation set) let random starts depend on the example alone,
+        # not on which other examples share the batch: the cascade then matches a full evaluation
+        self.example_ids = example_ids
         x_adv = self.run(model, x, y)
         name = type(self).__name__
         if not isinstance(x_adv, torch.Tensor):

@@ -36,7 +36,12 @@ def attack_loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tenso
     return margin_loss(logits, y).sum()
 
 
-def random_init(x: torch.Tensor, norm: str, eps: float, generator: torch.Generator | None) -> torch.Tensor:
+def random_init(x: torch.Tensor, norm: str, eps: float, generator: torch.Generator | None,
+                example_seeds: list[int] | None = None) -> torch.Tensor:
+    """A random start in the ball; with ``example_seeds``, example i's start depends on its seed alone."""
+    if example_seeds is not None:
+        return torch.cat([random_init(x[i:i + 1], norm, eps, torch.Generator().manual_seed(seed))
+                          for i, seed in enumerate(example_seeds)])
     if norm == "linf":
         delta = (torch.rand(x.shape, generator=generator, device="cpu") * 2 - 1) * eps
     else:  # uniform direction, radius uniform in [0, eps]
@@ -48,13 +53,14 @@ def random_init(x: torch.Tensor, norm: str, eps: float, generator: torch.Generat
 
 def pgd(model, x: torch.Tensor, y: torch.Tensor, *, norm: str, eps: float, step_size: float, steps: int,
         random_start: bool = True, restarts: int = 1, loss: str = "ce",
-        generator: torch.Generator | None = None) -> torch.Tensor:
+        generator: torch.Generator | None = None, example_seeds: list[int] | None = None) -> torch.Tensor:
     """Maximize the loss of ``model`` within the ball; with restarts, keep per example the first
     adversarial example that is misclassified (else the last restart's)."""
     best = x.clone()
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    for _ in range(max(1, restarts)):
-        delta = random_init(x, norm, eps, generator) if random_start else torch.zeros_like(x)
+    for restart in range(max(1, restarts)):
+        seeds = None if example_seeds is None else [s * 1_000 + restart for s in example_seeds]
+        delta = random_init(x, norm, eps, generator, seeds) if random_start else torch.zeros_like(x)
         delta = ((x + delta).clamp(0, 1) - x).detach()
         for _ in range(steps):
             delta.requires_grad_(True)
@@ -85,15 +91,22 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, norm: str, eps: float, step_
 class PGD(Attack):
     Params = PGDParams
 
+    @property
+    def cost(self) -> float:
+        return float(self.params.steps * max(1, self.params.restarts))
+
     def run(self, model, x, y):
         p = self.params
         threat = self.threat
         step_size = p.step_size if p.step_size is not None else default_step_size(threat.norm, threat.eps, p.steps)
         if not hasattr(self, "_generator"):  # one stream per attack object: batches get different starts
             self._generator = torch.Generator().manual_seed(p.seed)
-        generator = self._generator
+        example_seeds = None
+        if self.example_ids is not None:
+            example_seeds = [p.seed * 10_000_019 + int(i) for i in self.example_ids.tolist()]
         return pgd(model, x, y, norm=threat.norm, eps=threat.eps, step_size=step_size, steps=p.steps,
-                   random_start=p.random_start, restarts=p.restarts, loss=p.loss, generator=generator)
+                   random_start=p.random_start, restarts=p.restarts, loss=p.loss, generator=self._generator,
+                   example_seeds=example_seeds)
 
 
 register_preset("pgd20", PGD, "PGD-20, CE, random start (step eps/4 for Linf)", steps=20)

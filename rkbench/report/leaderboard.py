@@ -10,7 +10,8 @@ import pandas as pd
 from ..store import METRICS, RUNS, TEACHERS, iter_result_dirs, read_json, write_text
 
 ID_COLUMNS = ["teacher", "student", "method", "seed"]
-TAIL_COLUMNS = ["worst_case", "train_s", "params", "status", "run_id"]
+TAIL_COLUMNS = ["worst_case", "train_s", "params", "flags", "status", "run_id"]
+CASCADE = "cascade"  # an attack the cascade ran on the still-robust examples only: no accuracy of its own
 
 
 def load_metrics(directory: Path) -> dict | None:
@@ -38,8 +39,9 @@ def leaderboard_frame(results_dir: str | Path) -> pd.DataFrame:
         for label, value in (metrics.get("robust_accuracy") or {}).items():
             if label not in attack_order:
                 attack_order.append(label)
-            row[label] = _percent(value)
+            row[label] = CASCADE if value is None else _percent(value)
         row["worst_case"] = _percent(metrics.get("worst_case_accuracy"))
+        row["flags"] = " ".join(sorted({f"!{flag['code']}" for flag in metrics.get("flags") or []})) or None
         row["train_s"] = _round(metrics.get("train_seconds"), 1)
         row["params"] = metrics.get("parameters")
         row["status"] = metrics.get("status", "?") if not metrics.get("error") else f"failed: {metrics['error']}"
@@ -60,8 +62,10 @@ def teacher_frame(results_dir: str | Path) -> pd.DataFrame:
             continue
         row = {"teacher": metrics.get("teacher"), "model": metrics.get("model"), "source": metrics.get("source"),
                "clean": _percent(metrics.get("clean_accuracy"))}
-        row.update({label: _percent(v) for label, v in (metrics.get("robust_accuracy") or {}).items()})
+        row.update({label: CASCADE if v is None else _percent(v)
+                    for label, v in (metrics.get("robust_accuracy") or {}).items()})
         row["worst_case"] = _percent(metrics.get("worst_case_accuracy"))
+        row["flags"] = " ".join(sorted({f"!{flag['code']}" for flag in metrics.get("flags") or []})) or None
         rows.append(row)
     return pd.DataFrame(rows)
 

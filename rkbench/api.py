@@ -1,0 +1,173 @@
+"""Evaluate one model with the suite protocol, outside a suite: ``rkbench eval`` and ``rkbench.evaluate``.
+
+A model is given as a module or a spec string:
+- a run directory (``results/digits/runs/<id>``) or a teacher directory: the architecture is read
+  from its config.json, the weights from student.pt / teacher.pt;
+- ``SOURCE[:key=value,...]``, a teacher source with its options, e.g.
+  ``checkpoint:model=resnet18,path=weights.pt``, ``pyautoattack``,
+  ``robustbench:name=Carmon2019Unlabeled,dataset=cifar10,threat=Linf``.
+Datasets use the same form: ``digits``, ``npz:path=../shared/data/cifar10-slice.npz``.
+
+Results are cached per (weights hash, dataset, example subset, threat model, attack config):
+a repeated call reads the per-example arrays and returns at once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from . import store
+from .attacks import ATTACKS, build_attack
+from .data import DATASETS, TensorDataset, load_dataset
+from .errors import ConfigError, RkbenchError
+from .evaluate import CLEAN, EvalResult, evaluate as run_evaluation, load_per_example, reusable_previous, save_per_example
+from .models import build_model
+from .suite import AttackSpec, EvaluationConfig, validate_options
+from .teachers import TEACHER_SOURCES, TeacherContext
+from .threat import ThreatModel
+from .train import resolve_device
+
+DEFAULT_CACHE = Path("~/.cache/rkbench/eval")
+
+
+def parse_spec(text: str) -> tuple[str, dict]:
+    """``name:key=value,key=value`` -> (name, options); values parsed as YAML scalars."""
+    name, _, rest = text.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        if "=" not in item:
+            raise ConfigError(f"{text!r}: expected name:key=value,key=value")
+        key, value = item.split("=", 1)
+        options[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return name.strip(), options
+
+
+def dataset_from_spec(spec: str | TensorDataset) -> tuple[TensorDataset, dict]:
+    if isinstance(spec, TensorDataset):
+        return spec, {"name": spec.name, "digest": tensor_digest([spec.x_test, spec.y_test])}
+    name, options = parse_spec(spec)
+    try:
+        DATASETS.check(name)
+    except RkbenchError as exc:
+        raise ConfigError(f"--dataset: {exc}") from None
+    params = validate_options(DATASETS.get(name).Params, options, f"--dataset {name}")
+    return load_dataset(name, params.model_dump()), {"name": name, "options": params.model_dump(mode="json")}
+
+
+def model_from_spec(spec: str, data: TensorDataset, threat: ThreatModel, device: torch.device) -> nn.Module:
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return model_from_result_dir(path, data)
+    name, options = parse_spec(spec)
+    try:
+        TEACHER_SOURCES.check(name)
+    except RkbenchError as exc:
+        raise ConfigError(f"--model: {exc} (or give a run directory)") from None
+    source = TEACHER_SOURCES.get(name)()
+    if source.trains:
+        raise ConfigError(f"--model: source {name!r} trains a model; give its teacher directory instead")
+    params = validate_options(source.Params, options, f"--model {name}")
+    return source.build(params, TeacherContext(data, threat, device))
+
+
+def model_from_result_dir(path: Path, data: TensorDataset) -> nn.Module:
+    config_path = path / store.CONFIG
+    weights = next((path / f for f in (store.STUDENT, store.TEACHER) if (path / f).is_file()), None)
+    if not config_path.is_file() or weights is None:
+        raise ConfigError(f"--model: {path} is not a finished run or teacher directory "
+                          f"(needs config.json and student.pt or teacher.pt)")
+    identity = store.read_json(config_path)["identity"]
+    spec = identity.get("student") or {"model": identity.get("model"), "options": identity.get("model_options", {})}
+    model = build_model(spec["model"], data.num_classes, data.input_shape, **spec.get("options", {}))
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model
+
+
+def tensor_digest(tensors) -> str:
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def weights_digest(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class Evaluation:
+    result: EvalResult
+    attacks: dict  # label -> config
+    cached: list[str]  # labels read from the cache
+
+    def summary(self) -> dict:
+        labels = list(self.attacks)
+        return {"n_examples": self.result.n_examples, "clean_accuracy": self.result.clean_accuracy,
+                "robust_accuracy": {label: self.result.accuracy(label) for label in labels},
+                "worst_case_accuracy": float(self.result.worst_case([CLEAN, *labels]).mean()),
+                "flags": self.result.flags, "attacks": self.attacks, "cached": self.cached}
+
+
+def evaluate(model: nn.Module | str, dataset: str | TensorDataset = "digits", attacks=("pgd20",),
+             threat: ThreatModel | dict | None = None, n_examples: int | None = None, cascade: bool = True,
+             batch_size: int = 500, device: str = "auto", cache_dir: str | Path | None = DEFAULT_CACHE) -> Evaluation:
+    """Evaluate one model with rkbench's protocol; ``attacks`` as in a suite's evaluation list."""
+    threat = threat if isinstance(threat, ThreatModel) else validate_options(ThreatModel, threat or {}, "threat")
+    evaluation = validate_options(EvaluationConfig, {"attacks": list(attacks), "n_examples": n_examples,
+                                                     "batch_size": batch_size, "cascade": cascade}, "evaluation")
+    configs = {}
+    for spec in evaluation.attacks:
+        _check_attack(spec)
+        cls = ATTACKS.get(spec.name)
+        spec.options = validate_options(cls.Params, {**cls.defaults, **spec.options},
+                                        f"attack {spec.label}").model_dump(mode="json")
+        configs[spec.label] = {"name": spec.name, **spec.options}
+    torch_device = resolve_device(device)
+    data, data_identity = dataset_from_spec(dataset)
+    if isinstance(model, str):
+        model = model_from_spec(model, data, threat, torch_device)
+    model = model.to(torch_device).eval()
+    x, y = data.x_test, data.y_test
+    if evaluation.n_examples is not None:
+        x, y = x[:evaluation.n_examples], y[:evaluation.n_examples]
+    threat_dump = threat.model_dump(mode="json")
+    cache = None
+    if cache_dir is not None:
+        key = json.dumps({"weights": weights_digest(model), "data": data_identity, "n": x.shape[0],
+                          "threat": threat_dump}, sort_keys=True)
+        cache = Path(cache_dir).expanduser() / hashlib.sha256(key.encode()).hexdigest()[:16]
+    previous, recorded = None, None
+    if cache is not None:
+        recorded = store.read_json(cache / "attacks.json") if (cache / "attacks.json").is_file() else None
+        previous = reusable_previous(cache / store.PER_EXAMPLE, recorded, threat_dump, configs)
+    built = {spec.label: build_attack(spec.name, threat, **spec.options) for spec in evaluation.attacks}
+    cached = [label for label in configs if previous is not None and label in previous.evaluated]
+    result = run_evaluation(model, x.to(torch_device), y.to(torch_device), built, evaluation.batch_size,
+                            previous=previous, exact=[s.label for s in evaluation.attacks if s.exact],
+                            cascade=evaluation.cascade)
+    if cache is not None:  # keep other attacks' arrays too: a later call may ask for them again
+        kept = load_per_example(cache / store.PER_EXAMPLE) if recorded else None
+        kept_configs = {k: v for k, v in (recorded or {}).get("attacks", {}).items() if k not in configs}
+        merged = kept.subset(list(kept_configs)) if kept is not None else EvalResult(result.n_examples, {}, {})
+        merged.correct.update(result.correct)
+        merged.evaluated.update(result.evaluated)
+        save_per_example(cache / store.PER_EXAMPLE, merged)
+        store.write_json(cache / "attacks.json", {"threat": threat_dump, "attacks": {**kept_configs, **configs}})
+    return Evaluation(result, configs, cached)
+
+
+def _check_attack(spec: AttackSpec) -> None:
+    try:
+        ATTACKS.check(spec.name)
+    except RkbenchError as exc:
+        raise ConfigError(f"--attacks: {exc}") from None
