@@ -38,6 +38,17 @@ class TeacherContext:
 class TeacherSource:
     Params: type[TeacherParams] = TeacherParams
     trains: bool = False  # True: the runner trains it once and caches it under results/<suite>/teachers/
+    # an option that defaults to the teacher's name in the suite (``{name: Carmon2019Unlabeled,
+    # source: robustbench}`` names the zoo model by the teacher's name)
+    name_option: str | None = None
+
+    def model_label(self, params: TeacherParams) -> str | None:
+        """What the teachers table shows in its ``model`` column."""
+        for key in ("model", "model_name", "arch"):
+            value = getattr(params, key, None)
+            if isinstance(value, str) and value:
+                return value
+        return None
 
     def identity(self, params: TeacherParams) -> dict:
         """What makes two teachers the same (hashed into every run that uses the teacher)."""
