@@ -1,5 +1,7 @@
 """Methods (one file each): a loss over a batch, registered with ``@METHODS.register``."""
-from . import ard, at, kd, natural  # noqa: F401  (registers the built-in methods)
+from . import (  # noqa: F401  (importing registers the built-in methods)
+    adaad, ard, at, fast_ard, fgsm_rs, free_at, iad, kd, kdiga, natural, rrm, rslad, trades,
+)
 from .base import METHODS, Batch, Method, MethodParams, build_method, model_mode
 from .losses import kl_divergence
 

@@ -1,13 +1,22 @@
-"""Training-time attack shared by the adversarial methods: PGD on the student, CE to the labels."""
+"""Training-time adversaries shared by the adversarial methods, each written once.
+
+- ``AdversarialMethod.craft``: PGD on the student maximizing CE to the labels (AT, ARD, IAD).
+- ``AdversarialMethod.craft_kl`` / ``kl_attack``: PGD maximizing KL(P || S(x')) without labels, from
+  x + 0.001 * N(0, 1) (TRADES, RSLAD, AdaAD).
+- ``FreePerturbation``: the persistent perturbation of the "free" family (Free-AT, Fast-ARD).
+"""
 from __future__ import annotations
 
 from typing import Literal
 
 import torch
 from pydantic import Field
+from torch import nn
 
-from ..attacks import pgd_attack
+from ..attacks import pgd_attack, project
+from ..threat import ThreatModel
 from .base import Method, MethodParams, model_mode
+from .losses import kl_divergence
 
 AttackMode = Literal["train", "eval"]
 
@@ -18,14 +27,121 @@ class AdversarialParams(MethodParams):
     attack_mode: AttackMode = Field("eval", description="student BatchNorm mode while crafting x_adv")
 
 
+def ascend(x: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, norm: str, eps: float,
+           step_size: float) -> torch.Tensor:
+    """One ascent step from ``x_adv`` along ``grad`` (signed for Linf, normalized per example for L2),
+    projected onto the eps ball around ``x`` and onto valid pixels [0, 1]."""
+    if norm == "linf":
+        step = step_size * grad.sign()
+    else:
+        grad_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+        step = step_size * grad / grad_norm
+    return (x + project(x_adv + step - x, norm, eps)).clamp(0, 1)
+
+
+def kl_attack(student: nn.Module, x: torch.Tensor, threat: ThreatModel, *, steps: int, step_size: float,
+              generator: torch.Generator | None, target_logits: torch.Tensor | None = None,
+              teacher: nn.Module | None = None) -> torch.Tensor:
+    """x' maximizing KL(P || S(x')) in the threat model's ball, without labels.
+
+    P = softmax(``target_logits``), fixed (TRADES: S(x); RSLAD: T(x)), or with ``teacher``,
+    softmax(teacher(x')) recomputed at every step with the gradient through both models (AdaAD).
+    Starts at x + 0.001 * N(0, 1) clipped to [0, 1] (the official code leaves the start unclipped);
+    the caller chooses the student's train/eval mode. The KL's reduction only scales the gradient,
+    which the signed (or normalized) step ignores.
+    """
+    noise = torch.randn(x.shape, generator=generator, device="cpu").to(x.device, x.dtype)
+    x_adv = (x + 0.001 * noise).clamp(0, 1).detach()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        target = teacher(x_adv) if teacher is not None else target_logits
+        # gradient w.r.t. the input only: no weight gradients are computed or left behind
+        (grad,) = torch.autograd.grad(kl_divergence(student(x_adv), target), x_adv)
+        with torch.no_grad():
+            x_adv = ascend(x, x_adv, grad, threat.norm, threat.eps, step_size)
+    return x_adv.detach()
+
+
 class AdversarialMethod(Method):
-    """A method that crafts x_adv on the student by PGD maximizing CE to the labels."""
+    """A method that crafts x_adv on the student: PGD on CE to the labels (``craft``) or on a KL
+    divergence without labels (``craft_kl``), with the attack settings of ``AdversarialParams``."""
 
     Params = AdversarialParams
 
-    def craft(self, student, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def attack_settings(self) -> tuple[int, float]:
         p, threat = self.params, self.threat
-        with model_mode(student, p.attack_mode == "train"):
-            return pgd_attack(student, x, y, norm=threat.norm, eps=threat.eps,
-                              step_size=p.attack_step_size or threat.step_size, steps=p.attack_steps or threat.steps,
+        return p.attack_steps or threat.steps, p.attack_step_size or threat.step_size
+
+    def craft(self, student, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        steps, step_size = self.attack_settings()
+        threat = self.threat
+        with model_mode(student, self.params.attack_mode == "train"):
+            return pgd_attack(student, x, y, norm=threat.norm, eps=threat.eps, step_size=step_size, steps=steps,
                               random_start=True, generator=self.generator)
+
+    def craft_kl(self, student, x: torch.Tensor, target_logits: torch.Tensor | None = None,
+                 teacher: nn.Module | None = None) -> torch.Tensor:
+        steps, step_size = self.attack_settings()
+        with model_mode(student, self.params.attack_mode == "train"):
+            return kl_attack(student, x, self.threat, steps=steps, step_size=step_size, generator=self.generator,
+                             target_logits=target_logits, teacher=teacher)
+
+
+class FreePerturbation:
+    """The persistent perturbation delta of the "free" family (Shafahi et al. 2019; ARD's Fast-ARD).
+
+    One delta row per batch slot, zero at the start, kept across replays and minibatches (a smaller
+    last batch uses the first rows), always inside the eps ball and re-projected onto valid pixels
+    for the minibatch at hand. ``inputs(x)`` returns x + delta through a leaf that requires grad, so
+    the trainer's one backward pass leaves the input gradient on that leaf beside the weight
+    gradients; the ascent delta <- proj(delta + step * sign(grad)) is applied at the next use (or
+    when the state is saved), i.e. before the next forward pass, as in the official loop.
+    ``set_grad`` replaces that gradient by another one (Fast-ARD's CE to the labels).
+    """
+
+    def __init__(self, threat: ThreatModel, step_size: float):
+        self.norm, self.eps, self.step_size = threat.norm, threat.eps, step_size
+        self.delta: torch.Tensor | None = None
+        self._x: torch.Tensor | None = None
+        self._leaf: torch.Tensor | None = None
+        self._grad: torch.Tensor | None = None
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        self.flush()
+        n = x.shape[0]
+        if self.delta is None or self.delta.shape[1:] != x.shape[1:] or self.delta.shape[0] < n:
+            grown = torch.zeros((n, *x.shape[1:]), device=x.device, dtype=x.dtype)
+            if self.delta is not None and self.delta.shape[1:] == x.shape[1:]:
+                grown[:self.delta.shape[0]] = self.delta
+            self.delta = grown
+        rows = ((x + self.delta[:n]).clamp(0, 1) - x).detach()
+        self._x, self._leaf = x.detach(), rows.requires_grad_(True)
+        return x + self._leaf
+
+    @property
+    def leaf(self) -> torch.Tensor | None:
+        """The delta rows of the last ``inputs`` call, the leaf whose gradient drives the next step."""
+        return self._leaf
+
+    def set_grad(self, grad: torch.Tensor) -> None:
+        self._grad = grad.detach()
+
+    def flush(self) -> None:
+        """Apply the pending ascent step (from the last backward pass) to delta."""
+        if self._leaf is None:
+            return
+        x, rows = self._x, self._leaf.detach()
+        grad = self._grad if self._grad is not None else self._leaf.grad
+        if grad is not None:
+            with torch.no_grad():
+                rows = ascend(x, x + rows, grad, self.norm, self.eps, self.step_size) - x
+        self.delta[:x.shape[0]] = rows
+        self._x = self._leaf = self._grad = None
+
+    def state(self) -> dict:
+        self.flush()
+        return {"delta": None if self.delta is None else self.delta.clone()}
+
+    def load_state(self, state: dict) -> None:
+        self.delta = state.get("delta")
+        self._x = self._leaf = self._grad = None

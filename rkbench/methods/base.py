@@ -38,6 +38,7 @@ class Method:
     uses_teacher: bool = False  # the trainer then fills Batch.teacher_logits
     uses_teacher_features: bool = False  # ... and Batch.teacher_features
     replays: int = 1  # the "free" family replays each batch m times (epochs are divided by m)
+    holdout: int = 0  # training examples the trainer withholds from training and hands to end_epoch
 
     def __init__(self, params: MethodParams, threat: ThreatModel, seed: int = 0):
         self.params = params
@@ -51,6 +52,15 @@ class Method:
 
     def loss(self, student: nn.Module, batch: Batch) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def end_epoch(self, student: nn.Module, epoch: int, held: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
+        """Called after each epoch with the ``holdout`` withheld training examples (or None); return True
+        to stop training now (e.g. FGSM-RS early stopping). The method may restore earlier weights."""
+        return False
+
+    def finish(self, student: nn.Module) -> None:
+        """Called once after the last epoch: detach what ``prepare`` attached that is no part of the
+        trained student (e.g. a feature projection), so the saved student loads into its bare architecture."""
 
 
 METHODS: Registry[type[Method]] = Registry("method")
