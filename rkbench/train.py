@@ -83,6 +83,8 @@ class Trainer:
     def fit(self, student: nn.Module, method: Method, data: TensorDataset, teacher: nn.Module | None = None,
             seed: int = 0) -> TrainResult:
         config, device = self.config, self.device
+        if device.type == "cpu":  # a resumed run then ends with the same weights as an uninterrupted one
+            torch.use_deterministic_algorithms(True, warn_only=True)
         student.to(device)
         if teacher is not None:
             teacher.to(device).eval()
@@ -91,7 +93,14 @@ class Trainer:
         student.to(device)
         optimizer = make_optimizer(student, config)
         epochs = self.epochs_for(method)
-        n_train = data.x_train.shape[0]
+        x_train, y_train, held = data.x_train, data.y_train, None
+        if method.holdout:  # a fixed seeded draw of training examples, never trained on, for end_epoch
+            if method.holdout >= x_train.shape[0]:
+                raise RkbenchError(f"the method holds out {method.holdout} examples of only {x_train.shape[0]}")
+            pick = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(seed))
+            held = (x_train[pick[:method.holdout]].to(device), y_train[pick[:method.holdout]].to(device))
+            x_train, y_train = x_train[pick[method.holdout:]], y_train[pick[method.holdout:]]
+        n_train = x_train.shape[0]
         batches_per_epoch = math.ceil(n_train / config.batch_size)
         steps_per_epoch = batches_per_epoch * method.replays
         total_steps = epochs * steps_per_epoch
@@ -105,17 +114,20 @@ class Trainer:
             state = torch.load(checkpoint_path, map_location=device, weights_only=False)
             student.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-            data_generator.set_state(state["data_rng"])
-            method.generator.set_state(state["method_rng"])
-            torch.set_rng_state(state["torch_rng"])
+            # RNG states are CPU byte tensors whatever map_location did to them (a CUDA resume failed)
+            data_generator.set_state(state["data_rng"].cpu())
+            method.generator.set_state(state["method_rng"].cpu())
+            torch.set_rng_state(state["torch_rng"].cpu())
             if device.type == "cuda" and state.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(state["cuda_rng"], device)
+                torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
             if state.get("method_state") is not None and hasattr(method, "load_state"):
                 method.load_state(state["method_state"])
             start_epoch, losses, train_seconds = state["epoch"], state["losses"], state["train_seconds"]
+            if state.get("stopped"):  # stopped early by the method: nothing left to train
+                start_epoch = epochs
             self.log(f"resumed from epoch {start_epoch}/{epochs}")
 
-        x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+        x_train, y_train = x_train.to(device), y_train.to(device)
         step = start_epoch * steps_per_epoch
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
@@ -150,16 +162,22 @@ class Trainer:
             losses.append(loss_sum / max(loss_count, 1))
             train_seconds += time.perf_counter() - started
             self.log(f"epoch {epoch + 1}/{epochs} loss {losses[-1]:.4f} ({time.perf_counter() - started:.1f}s)")
+            stopped = method.end_epoch(student, epoch, held)
+            if stopped:
+                self.log(f"stopped early by the method after epoch {epoch + 1}")
             if checkpoint_path:
                 state = {"epoch": epoch + 1, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
                          "data_rng": data_generator.get_state(), "method_rng": method.generator.get_state(),
                          "torch_rng": torch.get_rng_state(),
                          "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                          "method_state": method.state() if hasattr(method, "state") else None,
-                         "losses": losses, "train_seconds": train_seconds}
+                         "losses": losses, "train_seconds": train_seconds, "stopped": stopped}
                 atomic_write(checkpoint_path, lambda h: torch.save(state, h), mode="wb")
             if self.on_epoch:
                 self.on_epoch(epoch + 1, epochs, losses[-1])
+            if stopped:
+                break
+        method.finish(student)
         student.eval()
         return TrainResult(student, train_seconds, epochs, step, losses)
 

@@ -71,7 +71,8 @@ def test_run_identity_ignores_evaluation_but_not_training():
 def test_embedded_suite_validates():
     suite = load_suite(ROOT / "suites" / "digits.yaml")
     _, runs = expand(suite)
-    assert {r.method.label for r in runs} == {"natural", "kd", "at", "ard"}
+    assert {r.method.label for r in runs} == {"natural", "kd", "at", "ard", "fast_ard", "kdiga", "rrm", "trades",
+                                              "free_at", "fgsm_rs", "rslad", "iad", "adaad"}  # every built-in method
     assert len({r.student.name for r in runs}) >= 2
 
 
