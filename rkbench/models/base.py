@@ -57,16 +57,20 @@ def build_model(name: str, num_classes: int, input_shape: Sequence[int], **optio
     return factory(num_classes=num_classes, in_channels=channels, image_size=height, **options)
 
 
-def check_model_options(name: str, options: dict) -> None:
-    """Reject options the model's factory does not take (a typo would otherwise be silently ignored)."""
+def check_model_options(name: str, options: dict) -> dict:
+    """Reject options the model's factory does not take (a typo would otherwise be silently ignored).
+    Returns the options, normalized by the factory's own ``check_options`` hook when it has one
+    (e.g. timm: a checkpoint's sha256 joins the options, and so the run id)."""
     factory = MODELS.get(name)
     parameters = inspect.signature(factory).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    allowed = set(parameters) - {"num_classes", "in_channels", "image_size"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ConfigError(f"model {name!r} takes no option {unknown[0]!r}; it takes: {', '.join(sorted(allowed)) or 'none'}")
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        allowed = set(parameters) - {"num_classes", "in_channels", "image_size"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ConfigError(f"model {name!r} takes no option {unknown[0]!r}; it takes: "
+                              f"{', '.join(sorted(allowed)) or 'none'}")
+    hook = getattr(factory, "check_options", None)
+    return hook(options) if hook else options
 
 
 def count_parameters(model: nn.Module) -> int:

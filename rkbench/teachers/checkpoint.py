@@ -22,12 +22,30 @@ class CheckpointParams(TeacherParams):
     strip_prefix: str = "module."  # DataParallel checkpoints prefix every key
 
 
+_SHA256_CACHE: dict[tuple, str] = {}
+
+
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+    """The file's sha256, remembered per (path, size, mtime) within a process (zoo files reach 1 GB)."""
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA256_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        _SHA256_CACHE[key] = digest.hexdigest()
+    return _SHA256_CACHE[key]
+
+
+def check_not_html(path: Path) -> None:
+    """One clear line for an HTML/XML page saved under a checkpoint's name (model mirrors and
+    Google Drive answer quota or login pages with status 200)."""
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        head = handle.read(512)
+    if head.lstrip().lower().startswith((b"<!doctype", b"<html", b"<?xml")):
+        raise DataUnavailableError(f"{path} is an HTML/XML page, not a torch checkpoint (a failed download?); "
+                                   f"delete it and fetch the file again")
 
 
 def load_state_dict(path: Path, key: str | None = None, strip_prefix: str = "module.") -> dict:
@@ -36,11 +54,7 @@ def load_state_dict(path: Path, key: str | None = None, strip_prefix: str = "mod
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataUnavailableError(f"checkpoint not found: {path}")
-    with open(path, "rb") as handle:
-        head = handle.read(512)
-    if head.lstrip().lower().startswith((b"<!doctype", b"<html", b"<?xml")):
-        raise DataUnavailableError(f"{path} is an HTML/XML page, not a torch checkpoint (a failed download?); "
-                                   f"delete it and fetch the file again")
+    check_not_html(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as exc:

@@ -1,0 +1,45 @@
+"""A timm architecture with local weights as a teacher (``source: timm``).
+
+```yaml
+teachers:
+  - {name: r50, source: timm, arch: resnet50, checkpoint: ~/weights/r50_cifar10.pt}
+```
+
+``checkpoint`` is required: a teacher with random weights teaches nothing (to train a timm
+teacher inside the suite use ``source: train`` with ``model: timm, model_options: {arch: ...}``).
+The network is created with ``pretrained=False`` (never downloaded) and wrapped like the
+``timm`` student model (``rkbench.models.timm``): penultimate features from timm's
+``forward_head(..., pre_logits=True)``. The file's sha256 is part of the teacher's identity.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from ..models import build_model
+from .base import TEACHER_SOURCES, TeacherParams, TeacherSource
+from .checkpoint import file_sha256
+
+
+class TimmTeacherParams(TeacherParams):
+    arch: str
+    checkpoint: Path
+    model_args: dict = Field(default_factory=dict)
+    normalize: bool = False
+
+
+@TEACHER_SOURCES.register("timm", description="a timm architecture with a local state dict (arch, checkpoint, "
+                          "model_args, normalize); never downloads", source="timm")
+class Timm(TeacherSource):
+    Params = TimmTeacherParams
+
+    def identity(self, params: TimmTeacherParams) -> dict:
+        path = params.checkpoint.expanduser()
+        return {"arch": params.arch, "model_args": params.model_args, "normalize": params.normalize,
+                "sha256": file_sha256(path) if path.is_file() else "missing"}
+
+    def build(self, params: TimmTeacherParams, context):
+        data = context.dataset
+        return build_model("timm", data.num_classes, data.input_shape, arch=params.arch, model_args=params.model_args,
+                           checkpoint=str(params.checkpoint), normalize=params.normalize)
