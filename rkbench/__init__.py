@@ -1,16 +1,27 @@
 """rkbench: a benchmark and leaderboard harness for robust knowledge distillation.
 
-The Python API (imported lazily, so ``rkbench report`` never loads torch):
-``load_suite``, ``run_suite``, ``leaderboard``.
+The Python API for scripts and notebooks (imported lazily, so ``rkbench report`` never loads torch):
+
+- ``load_suite(path, overrides=())`` -> the typed ``Suite``;
+- ``run_suite(suite_or_path, results_dir=None, overrides=(), plugins=())`` -> the outcome of every run;
+- ``evaluate(model, dataset, attacks)`` -> one model under the suite protocol (``rkbench eval``);
+- ``leaderboard(dir_or_dirs, per_seed=False, where=(), sort=None, pivot_by=None)`` -> a pandas
+  DataFrame, the table ``rkbench report`` prints (accuracies in %);
+- ``load_plugins(paths)``: import plugin files that register methods, attacks, models, datasets.
 """
 from __future__ import annotations
+
+import sys
+import types
 
 __version__ = "0.1.0"
 
 _API = {
     "load_suite": ("rkbench.suite", "load_suite"),
-    "run_suite": ("rkbench.runner", "run_suite"),
-    "leaderboard": ("rkbench.report", "leaderboard_frame"),
+    "run_suite": ("rkbench.api", "run_suite"),
+    "evaluate": ("rkbench.api", "evaluate"),
+    "leaderboard": ("rkbench.report", "leaderboard"),
+    "load_plugins": ("rkbench.plugins", "load_plugins"),
 }
 
 __all__ = ["__version__", *_API]
@@ -23,3 +34,17 @@ def __getattr__(name: str):
         module, attribute = _API[name]
         return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'rkbench' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """``rkbench.evaluate`` is the API function although the evaluator module ``rkbench/evaluate.py``
+    has the same name: importing that submodule must not replace the function on the package (it
+    stays importable as ``from rkbench.evaluate import ...``)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _API and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

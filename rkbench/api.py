@@ -171,3 +171,20 @@ def _check_attack(spec: AttackSpec) -> None:
         ATTACKS.check(spec.name)
     except RkbenchError as exc:
         raise ConfigError(f"--attacks: {exc}") from None
+
+
+def run_suite(suite, results_dir: str | Path | None = None, overrides=(), plugins=(), **options):
+    """Run a suite (a ``Suite``, a suite file or a dict) and return its ``SuiteOutcome``; ``options``
+    go to ``rkbench.runner.run_suite`` (reporter, retry_failed, ...). Plugin files are imported first."""
+    from .plugins import load_plugins
+    from .runner import run_suite as run
+    from .suite import Suite, apply_overrides, load_suite, suite_from_dict
+
+    load_plugins(plugins)
+    if isinstance(suite, dict):
+        suite = suite_from_dict(apply_overrides(suite, list(overrides)))
+    elif not isinstance(suite, Suite):
+        suite = load_suite(suite, list(overrides))
+    elif overrides:
+        raise ConfigError("run_suite: overrides apply to a suite file or dict, not to a loaded Suite")
+    return run(suite, results_dir, **options)

@@ -13,6 +13,10 @@ from .errors import UnknownNameError
 
 T = TypeVar("T")
 
+# the Python entry-point group of each kind users may extend from an installed package (rkbench/plugins.py)
+ENTRY_POINT_GROUPS = {"method": "rkbench.methods", "attack": "rkbench.attacks", "model": "rkbench.models",
+                      "dataset": "rkbench.datasets"}
+
 
 @dataclass(frozen=True)
 class Entry(Generic[T]):
@@ -24,9 +28,23 @@ class Entry(Generic[T]):
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, entry_point_group: str | None = None):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
+        self.entry_point_group = entry_point_group or ENTRY_POINT_GROUPS.get(kind)
+        self._plugins_loaded = False
+
+    def _load_plugins(self) -> None:
+        """Once, at first use: installed entry points of this kind, and the plugin files a parent
+        process named (RKBENCH_PLUGINS); see rkbench/plugins.py."""
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True  # first: a plugin that looks a name up must not load plugins again
+        from . import plugins
+
+        plugins.load_environment_plugins()
+        if self.entry_point_group:
+            plugins.load_entry_points(self.entry_point_group, self)
 
     def register(self, name: str, *, description: str = "", source: str = "", **extra: Any) -> Callable[[T], T]:
         """Decorator: ``@METHODS.register("kd", description=...)``."""
@@ -46,11 +64,13 @@ class Registry(Generic[T]):
         self._entries[name] = Entry(name, obj, description, source, dict(extra))
 
     def suggestion(self, name: str) -> str:
+        self._load_plugins()
         close = difflib.get_close_matches(str(name), list(self._entries), n=1, cutoff=0.5)
         return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(self._entries))}"
 
     def check(self, name: str) -> str:
         """Return ``name`` if registered, else raise a one-line did-you-mean error."""
+        self._load_plugins()
         if name not in self._entries:
             raise UnknownNameError(f"unknown {self.kind} {name!r}{self.suggestion(name)}")
         return name
@@ -62,12 +82,15 @@ class Registry(Generic[T]):
         return self.entry(name).obj
 
     def __contains__(self, name: object) -> bool:
+        self._load_plugins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[Entry[T]]:
+        self._load_plugins()
         return iter(sorted(self._entries.values(), key=lambda e: e.name))
 
     def names(self) -> list[str]:
+        self._load_plugins()
         return sorted(self._entries)
 
     def describe(self) -> list[tuple[str, str, str]]:

@@ -1,4 +1,14 @@
-"""Leaderboards from result files (pandas only; never imports torch)."""
-from .leaderboard import leaderboard_frame, render, teacher_frame, to_markdown, write_leaderboard
+"""Leaderboards from result files (pandas and matplotlib only; never imports torch).
 
-__all__ = ["leaderboard_frame", "render", "teacher_frame", "to_markdown", "write_leaderboard"]
+``frame`` reads and merges results directories, ``query`` filters/sorts/pivots, ``text`` writes
+Markdown/CSV/JSON, ``html`` a self-contained sortable page, ``plots`` the PNG figures, and
+``leaderboard`` ties them together (``write_leaderboard`` is what the runner calls).
+"""
+from .frame import SCHEMA_VERSION, Results, collect
+from .leaderboard import (FORMATS, console_tables, leaderboard_frame, render, report, teacher_frame,
+                          write_leaderboard)
+from .query import leaderboard
+from .text import to_markdown
+
+__all__ = ["FORMATS", "SCHEMA_VERSION", "Results", "collect", "console_tables", "leaderboard", "leaderboard_frame",
+           "render", "report", "teacher_frame", "to_markdown", "write_leaderboard"]

@@ -1,123 +1,114 @@
-"""The leaderboard, built from run files alone (no torch, no in-memory state of a run)."""
+"""Leaderboard files from result files alone: ``leaderboard.csv`` / ``leaderboard.md`` in a results
+directory (rebuilt by the runner after every run) and ``rkbench report`` in every format."""
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import pandas as pd
 
-from ..store import METRICS, RUNS, TEACHERS, iter_result_dirs, read_json, write_text
+from ..errors import RkbenchError
+from ..store import write_text
+from .frame import Results, aggregate_frame, collect, per_seed_frame, public
+from .query import leaderboard
+from .text import display_frame, to_csv, to_json, to_markdown
 
-ID_COLUMNS = ["teacher", "student", "method", "seed"]
-TAIL_COLUMNS = ["worst_case", "train_s", "params", "flags", "status", "run_id"]
-CASCADE = "cascade"  # an attack the cascade ran on the still-robust examples only: no accuracy of its own
-
-
-def load_metrics(directory: Path) -> dict | None:
-    """A run's metrics, or None when the directory holds no readable result yet."""
-    path = Path(directory) / METRICS
-    if not path.is_file():
-        return None
-    try:
-        metrics = read_json(path)
-    except (OSError, json.JSONDecodeError):
-        return None
-    return metrics if isinstance(metrics, dict) and "run_id" in metrics else None
+FORMATS = ("md", "csv", "json", "html", "png")
 
 
-def leaderboard_frame(results_dir: str | Path) -> pd.DataFrame:
-    """One row per run: teacher, student, method, seed, clean, one column per attack (accuracy in
-    %), worst case, training time, parameters, status."""
-    rows, attack_order = [], []
-    for directory in iter_result_dirs(Path(results_dir), RUNS):
-        metrics = load_metrics(directory)
-        if metrics is None:
-            continue
-        row = {key: metrics.get(key) for key in ID_COLUMNS}
-        row["clean"] = _percent(metrics.get("clean_accuracy"))
-        for label, value in (metrics.get("robust_accuracy") or {}).items():
-            if label not in attack_order:
-                attack_order.append(label)
-            row[label] = CASCADE if value is None else _percent(value)
-        row["worst_case"] = _percent(metrics.get("worst_case_accuracy"))
-        row["flags"] = " ".join(sorted({f"!{flag['code']}" for flag in metrics.get("flags") or []})) or None
-        row["train_s"] = _round(metrics.get("train_seconds"), 1)
-        row["params"] = metrics.get("parameters")
-        row["status"] = metrics.get("status", "?") if not metrics.get("error") else f"failed: {metrics['error']}"
-        row["run_id"] = metrics["run_id"]
-        rows.append(row)
-    columns = ID_COLUMNS + ["clean"] + attack_order + TAIL_COLUMNS
-    frame = pd.DataFrame(rows, columns=columns)
-    if frame.empty:
-        return frame
-    return frame.sort_values(["student", "teacher", "method", "seed"], kind="stable").reset_index(drop=True)
+def leaderboard_frame(results_dir) -> pd.DataFrame:
+    """One row per run (the per-seed view) of one or several results directories."""
+    return public(per_seed_frame(collect(results_dir)))
 
 
-def teacher_frame(results_dir: str | Path) -> pd.DataFrame:
-    rows = []
-    for directory in iter_result_dirs(Path(results_dir), TEACHERS):
-        metrics = load_metrics(directory)
-        if metrics is None:
-            continue
-        row = {"teacher": metrics.get("teacher"), "model": metrics.get("model"), "source": metrics.get("source"),
-               "clean": _percent(metrics.get("clean_accuracy"))}
-        row.update({label: CASCADE if v is None else _percent(v)
-                    for label, v in (metrics.get("robust_accuracy") or {}).items()})
-        row["worst_case"] = _percent(metrics.get("worst_case_accuracy"))
-        row["flags"] = " ".join(sorted({f"!{flag['code']}" for flag in metrics.get("flags") or []})) or None
-        rows.append(row)
-    return pd.DataFrame(rows)
+def teacher_frame(results_dir) -> pd.DataFrame:
+    return teachers_table(collect(results_dir))
 
 
-def _percent(value) -> float | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return round(100 * float(value), 2)
+def teachers_table(results: Results) -> pd.DataFrame:
+    teachers = results.teachers
+    if teachers.empty:
+        return teachers
+    teachers = teachers.sort_values(["teacher", "teacher_id"], kind="stable").reset_index(drop=True)
+    if teachers["_source"].nunique() > 1:  # one row per results directory it was evaluated in
+        teachers.insert(0, "results", [Path(source).name for source in teachers["_source"]])
+    return teachers.drop(columns=[c for c in teachers.columns if str(c).startswith("_")])
 
 
-def _round(value, digits: int):
-    return None if value is None else round(float(value), digits)
-
-
-def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return str(value).replace("|", "\\|")
-
-
-def to_markdown(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured table; numbers right-aligned."""
-    if frame.empty:
-        return "_no finished runs_\n"
-    header = "| " + " | ".join(frame.columns) + " |"
-    align = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns) + "|"
-    lines = [header, align]
-    for _, row in frame.iterrows():
-        lines.append("| " + " | ".join(_cell(row[c]) for c in frame.columns) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def render(frame: pd.DataFrame, fmt: str) -> str:
+def render(frame: pd.DataFrame, fmt: str, teachers: pd.DataFrame | None = None, meta: dict | None = None,
+           title: str = "rkbench leaderboard") -> str:
+    """The frame as md, csv, json or html text (the teachers' table joins md, json and html)."""
     if fmt == "md":
-        return to_markdown(frame)
+        text = to_markdown(frame)
+        if teachers is not None and not teachers.empty:
+            text += "\nTeachers (accuracy in %):\n\n" + to_markdown(teachers, legend=False)
+        return text
     if fmt == "csv":
-        return frame.to_csv(index=False)
+        return to_csv(frame)
     if fmt == "json":
-        return json.dumps({"schema_version": 1, "rows": json.loads(frame.to_json(orient="records"))}, indent=2) + "\n"
-    raise ValueError(f"unknown format {fmt!r}; use md, csv or json")
+        return to_json(frame, teachers, meta)
+    if fmt == "html":
+        from .html import to_html
+
+        notes = [f"sources: {', '.join((meta or {}).get('sources', []))}"] if meta else []
+        return to_html(frame, teachers, title, notes)
+    raise RkbenchError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def report(paths, fmt: str = "md", per_seed: bool = False, where=(), sort: str | None = None,
+           pivot_by: str | None = None, value: str = "worst_case", out: str | Path | None = None):
+    """Build a report; returns (text or None, the frame, Results). ``png`` writes the plots into
+    ``out`` (a directory) and returns no text."""
+    if fmt not in FORMATS:
+        raise RkbenchError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    results = collect(paths)
+    frame = leaderboard(None, per_seed=per_seed, where=where, sort=sort, pivot_by=pivot_by, value=value,
+                        results=results, internal=True)
+    if fmt == "png":
+        from .plots import write_plots
+
+        if pivot_by:
+            raise RkbenchError("--format png plots the leaderboard itself; drop --pivot")
+        if out is None:
+            raise RkbenchError("--format png writes image files: give --out DIR")
+        plot_frame = frame if not per_seed else leaderboard(None, where=where, results=results, internal=True)
+        return None, write_plots(plot_frame, results.attacks, out), results
+    view = "pivot" if pivot_by else ("per_seed" if per_seed else "aggregated")
+    meta = {"view": view, "sources": results.sources, "attacks": results.attacks,
+            "duplicates": results.duplicates}
+    if pivot_by:
+        meta["pivot"] = frame.attrs.get("pivot", {})
+    title = "rkbench leaderboard" + (f": {', '.join(results.suites)}" if results.suites else "")
+    text = render(frame, fmt, teachers_table(results), meta, title=title)
+    return text, frame, results
 
 
 def write_leaderboard(results_dir: str | Path) -> pd.DataFrame:
-    """Rebuild ``leaderboard.csv`` and ``leaderboard.md`` in the results directory."""
+    """Rebuild ``leaderboard.csv`` and ``leaderboard.md`` in the results directory (mean ± std over
+    seeds; the same text as ``rkbench report DIR --format csv|md``)."""
     results_dir = Path(results_dir)
-    frame = leaderboard_frame(results_dir)
+    results = collect(results_dir) if _has_results(results_dir) else None
+    if results is None:
+        frame = aggregate_frame(Results(pd.DataFrame(), pd.DataFrame()))
+        write_text(results_dir / "leaderboard.csv", to_csv(frame))
+        write_text(results_dir / "leaderboard.md", to_markdown(frame))
+        return frame
+    frame = leaderboard(None, results=results, internal=True)
+    teachers = teachers_table(results)
     write_text(results_dir / "leaderboard.csv", render(frame, "csv"))
-    markdown = to_markdown(frame)
-    teachers = teacher_frame(results_dir)
-    if not teachers.empty:
-        markdown += "\nTeachers (accuracy in %):\n\n" + to_markdown(teachers)
-    write_text(results_dir / "leaderboard.md", markdown)
-    return frame
+    write_text(results_dir / "leaderboard.md", render(frame, "md", teachers))
+    return public(frame)
+
+
+def _has_results(results_dir: Path) -> bool:
+    return (results_dir / "runs").is_dir() or (results_dir / "teachers").is_dir()
+
+
+def console_tables(results_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The leaderboard and the teachers as strings (mean ± std), for the terminal."""
+    results = collect(results_dir)
+    frame = leaderboard(None, results=results, internal=True)
+    diagnostics_std = [f"{c}_std" for c in results.diagnostics]  # the terminal is narrow: means only
+    shown = display_frame(frame.drop(columns=diagnostics_std)).drop(
+        columns=["params", "madds", "teacher_clean", "teacher_worst_case"], errors="ignore")
+    teachers = teachers_table(results)
+    return shown, (display_frame(teachers) if not teachers.empty else teachers)

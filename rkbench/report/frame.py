@@ -1,0 +1,348 @@
+"""The leaderboard frame, built from result files alone (pandas; never torch).
+
+One or several results directories are read (``runs/*/metrics.json`` + ``config.json``,
+``teachers/*/metrics.json`` + ``config.json``) and merged; a run id seen twice (the same run in
+two directories) is counted once. Every run gets its derived columns (its teacher's own
+accuracy, the transfer ratio, the difference to adversarial training of the same student), and
+runs that differ only by their seed are aggregated into mean and sample standard deviation.
+
+Accuracies are in %. Columns (``<attack>`` is one per attack label of the evaluation):
+
+per seed:   [suite] teacher student method seed clean <attack>... worst_case teacher_clean
+            teacher_worst_case transfer_ratio delta_at train_s params madds [diagnostics] flags
+            status cascade run_id
+aggregated: [suite] teacher student method seeds clean clean_std <attack> <attack>_std ...
+            worst_case worst_case_std teacher_clean teacher_worst_case transfer_ratio delta_at
+            train_s params madds [diagnostics with _std] flags status cascade seed_list run_id
+
+Columns whose name starts with ``_`` are internal (grouping keys) and never written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import RkbenchError
+from ..store import CONFIG, RUNS, TEACHERS, iter_result_dirs, load_valid_metrics, read_json
+
+SCHEMA_VERSION = 2
+ID_COLUMNS = ["teacher", "student", "method"]
+NO_TEACHER = "-"
+AT_METHOD = "at"  # the baseline of delta_at: the same student trained with plain adversarial training
+# metrics.json "diagnostics" key -> (column, scale): agreement and accuracies in %, as everywhere
+DIAGNOSTICS = {"grad_cosine": 1.0, "adv_agreement": 100.0, "transfer_accuracy": 100.0, "local_linearity": 1.0}
+FLAG_HELP = {
+    "robust_above_clean": "an attack scored above clean accuracy (a broken attack?)",
+    "stronger_attack_weaker": "a stronger attack scored above a weaker one (a broken attack?)",
+    "square_beats_whitebox": "the black-box Square attack broke examples every white-box attack missed "
+                             "(gradient masking?)",
+    "zero_gradients": "many examples have a zero or non-finite input gradient (gradient masking?)",
+    "autoattack_check": "one of AutoAttack's own sanity checks fired",
+}
+
+
+@dataclass
+class Results:
+    """Everything read from the result directories, one row per run and per teacher."""
+
+    runs: pd.DataFrame  # per run: display columns + internal "_" columns
+    teachers: pd.DataFrame
+    attacks: list[str] = field(default_factory=list)  # attack labels, in order of first appearance
+    diagnostics: list[str] = field(default_factory=list)  # diagnostic columns present
+    duplicates: list[str] = field(default_factory=list)  # run ids met more than once
+    sources: list[str] = field(default_factory=list)  # the result directories read
+    suites: list[str] = field(default_factory=list)
+
+    @property
+    def several_suites(self) -> bool:
+        return len(self.suites) > 1
+
+
+# ----------------------------------------------------------------------------------------------
+# reading files
+
+
+def result_dirs(paths) -> list[Path]:
+    """The result directories named: each path itself when it holds runs/ or teachers/, else its
+    sub-directories that do (``results/`` with one directory per suite)."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise RkbenchError(f"results directory not found: {path}")
+        if (path / RUNS).is_dir() or (path / TEACHERS).is_dir():
+            found.append(path)
+            continue
+        children = sorted(p for p in path.iterdir() if p.is_dir() and ((p / RUNS).is_dir() or (p / TEACHERS).is_dir()))
+        if not children:
+            raise RkbenchError(f"{path} holds no rkbench results (no runs/ or teachers/ directory in it "
+                               f"or in its sub-directories)")
+        found.extend(children)
+    return found
+
+
+def load_metrics(directory: Path) -> dict | None:
+    """A run's metrics checked against the schema (``store.RunMetrics``), or None when the directory
+    holds no result yet; a corrupt or foreign file is reported on stderr (one line) and skipped."""
+    return load_valid_metrics(directory)
+
+
+def _read(path: Path):
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def percent(value) -> float:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return np.nan
+    return 100.0 * float(value)
+
+
+def _number(value) -> float:
+    return np.nan if value is None else float(value)
+
+
+def _accuracies(metrics: dict, attacks: list[str]) -> tuple[dict, list[str]]:
+    row, cascade = {"clean": percent(metrics.get("clean_accuracy"))}, []
+    for label, value in (metrics.get("robust_accuracy") or {}).items():
+        if label not in attacks:
+            attacks.append(label)
+        row[label] = percent(value)
+        if value is None:  # run by the cascade on the examples still robust: no accuracy of its own
+            cascade.append(label)
+    row["worst_case"] = percent(metrics.get("worst_case_accuracy"))
+    return row, cascade
+
+
+def _flags(metrics: dict) -> list[dict]:
+    return [f for f in metrics.get("flags") or [] if isinstance(f, dict) and f.get("code")]
+
+
+def run_record(metrics: dict, config: dict | None, source: Path, attacks: list[str], diagnostics: list[str]) -> dict:
+    identity = (config or {}).get("identity") or {}
+    teacher = metrics.get("teacher") or NO_TEACHER
+    row = {"suite": (config or {}).get("suite") or source.name, "teacher": teacher,
+           "student": metrics.get("student"), "method": metrics.get("method"), "seed": metrics.get("seed")}
+    accuracies, cascade = _accuracies(metrics, attacks)
+    row.update(accuracies)
+    for key, scale in DIAGNOSTICS.items():
+        value = (metrics.get("diagnostics") or {}).get(key)
+        if value is not None:
+            if key not in diagnostics:
+                diagnostics.append(key)
+            row[key] = scale * float(value)
+    row.update({"train_s": _number(metrics.get("train_seconds")), "params": _number(metrics.get("parameters")),
+                "madds": _number(metrics.get("madds"))})
+    failed = metrics.get("status") == "failed" or bool(metrics.get("error"))
+    row["status"] = f"failed: {metrics.get('error')}" if failed else metrics.get("status", "?")
+    row["cascade"] = " ".join(cascade)
+    row["run_id"] = metrics["run_id"]
+    flags = _flags(metrics)
+    row["_flags"] = [(f["code"], str(f.get("detail", ""))) for f in flags]
+    if identity:
+        row["_group"] = digest({k: v for k, v in identity.items() if k != "seed"})
+        row["_student_key"] = digest({k: identity.get(k) for k in ("dataset", "threat", "student")})
+        row["_teacher_key"] = digest(identity["teacher"]) if identity.get("teacher") else None
+        row["_method_name"] = (identity.get("method") or {}).get("name") or row["method"]
+    else:  # no config.json (older or copied results): fall back on the names shown
+        row["_group"] = digest([row["suite"], teacher, row["student"], row["method"], metrics.get("model")])
+        row["_student_key"] = digest([row["student"], metrics.get("model")])
+        row["_teacher_key"] = None
+        row["_method_name"] = row["method"]
+    row["_finished"] = not failed and row["status"] == "finished"
+    row["_source"] = str(source)
+    return row
+
+
+def teacher_record(metrics: dict, config: dict | None, source: Path, attacks: list[str]) -> dict:
+    identity = (config or {}).get("identity")
+    row = {"teacher": metrics.get("teacher"), "model": metrics.get("model"), "source": metrics.get("source")}
+    accuracies, cascade = _accuracies(metrics, attacks)
+    row.update(accuracies)
+    row.update({"params": _number(metrics.get("parameters")), "madds": _number(metrics.get("madds")),
+                "flags": flag_markers([[(f["code"], "") for f in _flags(metrics)]]),
+                "cascade": " ".join(cascade), "teacher_id": metrics["run_id"],
+                "_key": digest(identity) if identity else None, "_source": str(source)})
+    return row
+
+
+def collect(paths) -> Results:
+    """Read and merge the result directories; derive teacher columns, transfer ratio and delta_at."""
+    dirs = result_dirs(paths)
+    runs: dict[str, dict] = {}
+    teachers: dict[tuple[str, str], dict] = {}  # per directory: a teacher evaluated in each suite
+    duplicates: list[str] = []
+    attacks: list[str] = []
+    teacher_attacks: list[str] = []
+    diagnostics: list[str] = []
+    for directory in dirs:
+        for run_directory in iter_result_dirs(directory, RUNS):
+            metrics = load_metrics(run_directory)
+            if metrics is None:
+                continue
+            record = run_record(metrics, _read(run_directory / CONFIG), directory, attacks, diagnostics)
+            previous = runs.get(record["run_id"])
+            if previous is not None:
+                duplicates.append(record["run_id"])
+                if previous["_finished"] or not record["_finished"]:
+                    continue  # keep the first finished copy
+            runs[record["run_id"]] = record
+        for teacher_directory in iter_result_dirs(directory, TEACHERS):
+            metrics = load_metrics(teacher_directory)
+            if metrics is not None and (str(directory), metrics["run_id"]) not in teachers:
+                teachers[(str(directory), metrics["run_id"])] = teacher_record(metrics, _read(teacher_directory / CONFIG), directory,
+                                                             teacher_attacks)
+    teacher_frame = pd.DataFrame(list(teachers.values()))
+    frame = pd.DataFrame(list(runs.values()))
+    suites = list(dict.fromkeys(frame["suite"])) if not frame.empty else []
+    results = Results(frame, teacher_frame, attacks, diagnostics, sorted(set(duplicates)), [str(d) for d in dirs],
+                      suites)
+    if not frame.empty:
+        _derive(results)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# derived columns
+
+
+def _match_teacher(row, teachers: list[dict]) -> dict | None:
+    """A run's teacher: by identity (config.json), the copy in the run's own directory first; else
+    by name in the same directory; else by a name that only one teacher has."""
+    if row["teacher"] == NO_TEACHER:
+        return None
+    if row["_teacher_key"]:
+        same = [t for t in teachers if t["_key"] == row["_teacher_key"]]
+        same.sort(key=lambda t: t["_source"] != row["_source"])
+        if same:
+            return same[0]
+    same_dir = [t for t in teachers if t["teacher"] == row["teacher"] and t["_source"] == row["_source"]]
+    if len(same_dir) == 1:
+        return same_dir[0]
+    named = [t for t in teachers if t["teacher"] == row["teacher"]]
+    return named[0] if len(named) == 1 else None
+
+
+def at_references(frame: pd.DataFrame) -> dict[str, float]:
+    """student key -> mean worst case of the same student trained with ``at`` (over its seeds).
+    Several ``at`` configurations of one student: the one labelled ``at`` in the same suite first."""
+    finished = frame[frame["_finished"] & (frame["_method_name"] == AT_METHOD)]
+    references = {}
+    for student_key, rows in finished.groupby("_student_key", sort=False):
+        groups = list(rows.groupby("_group", sort=False))
+        groups.sort(key=lambda item: (item[1]["method"].iloc[0] != AT_METHOD,))
+        references[student_key] = float(groups[0][1]["worst_case"].mean())
+    return references
+
+
+def _derive(results: Results) -> None:
+    frame = results.runs
+    teachers = results.teachers.to_dict("records") if not results.teachers.empty else []
+    matched = [_match_teacher(row, teachers) for _, row in frame.iterrows()]
+    frame["teacher_clean"] = [t["clean"] if t else np.nan for t in matched]
+    frame["teacher_worst_case"] = [t["worst_case"] if t else np.nan for t in matched]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = frame["worst_case"] / frame["teacher_worst_case"]
+    frame["transfer_ratio"] = ratio.where(frame["teacher_worst_case"] > 0)
+    references = at_references(frame)
+    frame["_at_worst_case"] = frame["_student_key"].map(references).astype(float)
+    frame["delta_at"] = frame["worst_case"] - frame["_at_worst_case"]
+
+
+# ----------------------------------------------------------------------------------------------
+# the two views
+
+
+def _columns(results: Results, view: str) -> list[str]:
+    head = (["suite"] if results.several_suites else []) + ID_COLUMNS
+    if view == "per_seed":
+        metrics = ["clean", *results.attacks, "worst_case"]
+        return (head + ["seed"] + metrics + ["teacher_clean", "teacher_worst_case", "transfer_ratio", "delta_at",
+                                             "train_s", "params", "madds"]
+                + list(results.diagnostics) + ["flags", "status", "cascade", "run_id"])
+    columns = head + ["seeds"]
+    for metric in ["clean", *results.attacks, "worst_case"]:
+        columns += [metric, f"{metric}_std"]
+    columns += ["teacher_clean", "teacher_worst_case", "transfer_ratio", "delta_at", "train_s", "params", "madds"]
+    for metric in results.diagnostics:
+        columns += [metric, f"{metric}_std"]
+    return columns + ["flags", "status", "cascade", "seed_list", "run_id"]
+
+
+INTERNAL = ["_group", "_student_key", "_teacher_key", "_method_name", "_finished", "_source", "_flags",
+            "_at_worst_case"]
+
+
+def flag_markers(flag_lists: list[list[tuple[str, str]]]) -> str:
+    """``!code`` per integrity flag raised in any seed; ``!code(k/n)`` when only k of n seeds raised it."""
+    n = len(flag_lists)
+    counts: dict[str, int] = {}
+    for flags in flag_lists:
+        for code in {code for code, _ in flags}:
+            counts[code] = counts.get(code, 0) + 1
+    return " ".join(f"!{code}" + (f"({k}/{n})" if k < n else "") for code, k in sorted(counts.items()))
+
+
+def per_seed_frame(results: Results) -> pd.DataFrame:
+    """One row per run (the per-seed view)."""
+    frame = results.runs.copy()
+    if frame.empty:
+        return pd.DataFrame(columns=_columns(results, "per_seed"))
+    frame["flags"] = [flag_markers([flags]) for flags in frame["_flags"]]
+    frame = frame.sort_values(["student", "teacher", "method", "seed"], kind="stable")
+    columns = _columns(results, "per_seed")
+    return frame.reindex(columns=columns + INTERNAL).reset_index(drop=True)
+
+
+def aggregate_frame(results: Results) -> pd.DataFrame:
+    """Runs that differ only by their seed in one row: mean and sample std (n-1) of every metric.
+    Failed runs stay rows of their own."""
+    frame = results.runs
+    columns = _columns(results, "aggregated")
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    keys = frame["_group"].where(frame["_finished"], "failed:" + frame["run_id"])
+    metrics = ["clean", *results.attacks, "worst_case", *results.diagnostics]
+    rows = []
+    for _, group in frame.groupby(keys, sort=False):
+        first = group.iloc[0]
+        row = {column: first[column] for column in ["suite", *ID_COLUMNS, "status", "params", "madds",
+                                                    "teacher_clean", "teacher_worst_case", *INTERNAL]}
+        row["seeds"] = len(group)
+        for metric in metrics:
+            values = group[metric].astype(float)
+            row[metric] = values.mean()
+            row[f"{metric}_std"] = values.std(ddof=1) if values.notna().sum() > 1 else np.nan
+        row["train_s"] = group["train_s"].astype(float).mean()
+        row["transfer_ratio"] = group["transfer_ratio"].astype(float).mean()
+        row["delta_at"] = row["worst_case"] - first["_at_worst_case"]
+        row["flags"] = flag_markers(list(group["_flags"]))
+        row["_flags"] = [flag for flags in group["_flags"] for flag in flags]
+        cascade = {label for text in group["cascade"] for label in str(text).split()}
+        row["cascade"] = " ".join(label for label in results.attacks if label in cascade)
+        row["seed_list"] = " ".join(str(s) for s in sorted(group["seed"].dropna().astype(int)))
+        row["run_id"] = " ".join(group.sort_values("seed")["run_id"])
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out = out.sort_values(["student", "teacher", "method"], kind="stable")
+    return out.reindex(columns=columns + INTERNAL).reset_index(drop=True)
+
+
+def public(frame: pd.DataFrame) -> pd.DataFrame:
+    """Without the internal ``_`` columns."""
+    return frame[[c for c in frame.columns if not str(c).startswith("_")]]

@@ -1,0 +1,142 @@
+"""Writers for Markdown (GitHub), CSV and JSON, and the cell formatting they share with HTML."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+from .frame import FLAG_HELP, SCHEMA_VERSION, public
+
+# how numbers are shown (Markdown, HTML, the console); CSV and JSON keep full numbers, rounded
+COUNTS = {"params", "madds"}
+INTEGERS = {"seed", "seeds"}
+DECIMALS = {"transfer_ratio": 3, "grad_cosine": 3, "train_s": 1, "local_linearity": 4}
+SIGNED = {"delta_at"}
+ROUND = {"transfer_ratio": 4, "grad_cosine": 4, "local_linearity": 6}  # CSV/JSON; everything else 2 (and %)
+HIDDEN_IN_TABLES = {"cascade", "seed_list", "run_id"}  # Markdown/console; HTML shows run ids as tooltips
+
+
+def missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def human(value: float) -> str:
+    """26122 -> 26.1k, 2237770 -> 2.24M, 89025024 -> 89.0M."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            number = value / scale
+            return f"{number:.3g}{suffix}" if number < 100 else f"{number:.0f}{suffix}"
+    return f"{value:.0f}"
+
+
+def format_number(column: str, value) -> str:
+    if missing(value):
+        return "-"
+    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
+        return str(value)
+    value = float(value)
+    if column in COUNTS:
+        return human(value)
+    if column in INTEGERS:
+        return f"{value:.0f}"
+    if column in SIGNED:
+        return f"{value:+.2f}"
+    return f"{value:.{DECIMALS.get(column, 2)}f}"
+
+
+def display_columns(frame: pd.DataFrame, hidden=HIDDEN_IN_TABLES) -> list[str]:
+    """The columns a table shows: ``X_std`` folds into ``X`` (as mean ± std), internals go."""
+    return [c for c in public(frame).columns
+            if c not in hidden and not (str(c).endswith("_std") and str(c)[:-4] in frame.columns)]
+
+
+def display_cell(frame: pd.DataFrame, row, column: str) -> str:
+    """One cell as text: ``mean ± std``, ``cascade`` where the attack ran on survivors only, ``-``."""
+    value = row[column]
+    if missing(value) and "cascade" in frame.columns and column in str(row.get("cascade", "")).split():
+        return "cascade"
+    text = format_number(column, value)
+    std = f"{column}_std"
+    if std in frame.columns and not missing(row[std]) and not missing(value):
+        text += f" ± {format_number(column, row[std]).lstrip('+')}"
+    return text
+
+
+def is_numeric_column(frame: pd.DataFrame, column: str) -> bool:
+    """Numbers (or nothing but missing values in a float column: an attack run by the cascade only)."""
+    values = [v for v in frame[column] if not missing(v)]
+    if not values:
+        return pd.api.types.is_float_dtype(frame[column])
+    return all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                                for v in values)
+
+
+def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table as strings, as Markdown and the console show it."""
+    columns = display_columns(frame)
+    rows = [[display_cell(frame, row, c) for c in columns] for _, row in frame.iterrows()]
+    return pd.DataFrame(rows, columns=columns, dtype=object)
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(frame: pd.DataFrame, legend: bool = True) -> str:
+    """A GitHub-flavoured table (numbers right-aligned), a legend of the integrity flags raised."""
+    if frame.empty:
+        return "_no finished runs_\n"
+    columns = display_columns(frame)
+    header = "| " + " | ".join(_escape(str(c)) for c in columns) + " |"
+    align = "|" + "|".join("---:" if is_numeric_column(frame, c) else "---" for c in columns) + "|"
+    lines = [header, align]
+    for _, row in frame.iterrows():
+        lines.append("| " + " | ".join(_escape(display_cell(frame, row, c)) for c in columns) + " |")
+    text = "\n".join(lines) + "\n"
+    if legend:
+        text += flag_legend(frame)
+    return text
+
+
+def flag_legend(frame: pd.DataFrame) -> str:
+    if "flags" not in frame.columns:
+        return ""
+    codes = sorted({token.split("(")[0].lstrip("!") for cell in frame["flags"] if isinstance(cell, str)
+                    for token in cell.split()})
+    if not codes:
+        return ""
+    items = "; ".join(f"`!{code}`: {FLAG_HELP.get(code, 'see metrics.json')}" for code in codes)
+    return f"\nIntegrity flags (they explain a number, never change it): {items}.\n"
+
+
+def rounded(frame: pd.DataFrame) -> pd.DataFrame:
+    """Public columns, numbers rounded for CSV/JSON (accuracies in % to 2 decimals)."""
+    frame = public(frame).copy()
+    for column in frame.columns:
+        if is_numeric_column(frame, column) and column not in INTEGERS | COUNTS:
+            base = str(column)[:-4] if str(column).endswith("_std") else str(column)
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float).round(ROUND.get(base, 2))
+        elif column in INTEGERS | COUNTS and is_numeric_column(frame, column):
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    return frame
+
+
+def to_csv(frame: pd.DataFrame) -> str:
+    return rounded(frame).to_csv(index=False)
+
+
+def to_json(frame: pd.DataFrame, teachers: pd.DataFrame | None = None, meta: dict | None = None) -> str:
+    """``{"schema_version": 2, "columns": [...], "rows": [...], "teachers": [...], ...}``; missing values null."""
+    from .. import __version__
+
+    def records(table):
+        if table is None or table.empty:
+            return []
+        return json.loads(rounded(table).to_json(orient="records"))
+
+    document = {"schema_version": SCHEMA_VERSION, "generator": f"rkbench {__version__}", **(meta or {}),
+                "columns": [str(c) for c in public(frame).columns], "rows": records(frame),
+                "teachers": records(teachers)}
+    return json.dumps(document, indent=2) + "\n"
