@@ -26,6 +26,24 @@ def one_line_errors(func):
     return wrapper
 
 
+def _load_plugin_files(ctx, param, paths):
+    """``--plugin FILE.py`` (repeatable): imported while the command line is parsed, before the
+    suite is loaded, so the suite may name what the files register."""
+    if paths:
+        from .plugins import load_plugins
+
+        try:
+            load_plugins(paths)
+        except RkbenchError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+plugin_option = click.option(
+    "--plugin", multiple=True, metavar="FILE.py", expose_value=False, callback=_load_plugin_files,
+    help="A Python file registering methods, attacks, models or datasets (see examples/my_method.py); repeatable.")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="rkbench")
 def main():
@@ -40,13 +58,27 @@ def main():
 @click.option("--dry-run", is_flag=True, help="Print the run matrix and what is already done; train nothing.")
 @click.option("--retry-failed", is_flag=True, help="Run again the runs recorded as failed.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--executor", help="Where runs execute: local (default) or slurm (submitit); suite section executor:.")
+@click.option("--workers", type=int, help="local: independent runs in N parallel processes.")
+@click.option("--partition", help="slurm: the partition.")
+@click.option("--gpus-per-job", type=int, help="slurm: GPUs per job.")
+@click.option("--timeout-min", type=int, help="slurm: time limit per job, minutes.")
+@click.option("--share-teacher", is_flag=True, help="Train runs with the same teacher, seed and training in "
+              "lock-step: one teacher pass per batch for all (= training.share_teacher).")
+@plugin_option
 @one_line_errors
-def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet):
+def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, executor, workers, partition, gpus_per_job,
+        timeout_min, share_teacher):
     """Train, attack and rank every run of SUITE_FILE."""
     from .cli_display import RichReporter, console, print_leaderboard, print_plan
     from .runner import SuiteRunner
     from .suite import load_suite
 
+    flags = {"name": executor, "workers": workers, "partition": partition, "gpus_per_job": gpus_per_job,
+             "timeout_min": timeout_min}  # the executor section's fields, overridden from the command line
+    overrides = [*overrides, *(f"executor.{key}={value}" for key, value in flags.items() if value is not None)]
+    if share_teacher:
+        overrides.append("training.share_teacher=true")
     suite = load_suite(suite_file, overrides)
     runner = SuiteRunner(suite, results_dir, retry_failed=retry_failed)
     if dry_run:
@@ -67,6 +99,7 @@ def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet):
 @main.command()
 @click.argument("suite_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@plugin_option
 @one_line_errors
 def validate(suite_file, overrides):
     """Check SUITE_FILE and print its run matrix; runs nothing."""
@@ -79,16 +112,35 @@ def validate(suite_file, overrides):
 
 
 @main.command()
-@click.argument("results_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file, not stdout.")
+@click.argument("results_dirs", nargs=-1, required=True, metavar="DIR...", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json", "html", "png"]), default="md",
+              show_default=True, help="png: the plots, written into the --out directory.")
+@click.option("--out", type=click.Path(path_type=Path), help="Write to this file (png: this directory), not stdout.")
+@click.option("--sort", help="Column(s) to sort by: worst_case, or student:asc,worst_case:desc "
+                             "(default direction: numbers descend, text ascends).")
+@click.option("--where", "where", multiple=True, metavar="COL=VALUE",
+              help="Keep rows where COL equals VALUE (VALUE may list alternatives: method=ard,at; COL!=VALUE "
+                   "drops them). Repeatable.")
+@click.option("--pivot", "pivot_by", type=click.Choice(["method", "student", "teacher"]),
+              help="One column per method (or student, teacher); cells: --value.")
+@click.option("--value", default="worst_case", show_default=True, help="The cells of a --pivot table.")
+@click.option("--per-seed", is_flag=True, help="One row per run, not mean ± std over seeds.")
 @one_line_errors
-def report(results_dir, fmt, out):
-    """Rebuild the leaderboard of RESULTS_DIR from its result files alone."""
-    from .report import leaderboard_frame, render
+def report(results_dirs, fmt, out, sort, where, pivot_by, value, per_seed):
+    """Leaderboard of one or several results directories, from their files alone (runs found in
+    several directories count once)."""
+    from .report import report as build_report
 
-    text = render(leaderboard_frame(results_dir), fmt)
-    if out:
+    text, written, results = build_report(results_dirs, fmt, per_seed=per_seed, where=where, sort=sort,
+                                          pivot_by=pivot_by, value=value, out=out)
+    if results.duplicates:
+        shown = ", ".join(results.duplicates[:5]) + (f" (+{len(results.duplicates) - 5} more)"
+                                                      if len(results.duplicates) > 5 else "")
+        click.echo(f"note: {len(results.duplicates)} run(s) found in more than one directory, counted once: "
+                   f"{shown}", err=True)
+    if text is None:
+        click.echo("wrote " + ", ".join(str(path) for path in written))
+    elif out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         click.echo(f"wrote {out}")
@@ -114,6 +166,7 @@ def report(results_dir, fmt, out):
               show_default=True, help="Per-example results cache.")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the cache.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@plugin_option
 @one_line_errors
 def eval_(model_spec, dataset_spec, attacks, norm, eps, n_examples, batch_size, no_cascade, device, cache_dir,
           no_cache, as_json):
@@ -134,6 +187,7 @@ def eval_(model_spec, dataset_spec, attacks, norm, eps, n_examples, batch_size, 
 
 @main.command(name="list")
 @click.argument("kind", type=click.Choice(["methods", "models", "datasets", "attacks", "teachers"]))
+@plugin_option
 def list_(kind):
     """What the registries hold, with one-line descriptions."""
     from .cli_display import print_registry

@@ -74,11 +74,10 @@ def print_plan(suite, teachers, runs, results_dir: Path | None) -> None:
 
 
 def print_leaderboard(results_dir: Path) -> None:
-    from .report import leaderboard_frame, teacher_frame
+    from .report import console_tables
 
-    frame = leaderboard_frame(results_dir)
-    console.print(_table(frame.drop(columns=["run_id", "params"], errors="ignore"), "Leaderboard (accuracy in %)"))
-    teachers = teacher_frame(results_dir)
+    frame, teachers = console_tables(results_dir)
+    console.print(_table(frame, "Leaderboard (accuracy in %, mean ± std over seeds)"))
     if not teachers.empty:
         console.print(_table(teachers, "Teachers (accuracy in %)"))
     console.print(f"written: {results_dir / 'leaderboard.md'}, {results_dir / 'leaderboard.csv'}")
@@ -116,6 +115,27 @@ def print_registry(kind: str) -> None:
     for name, description, source in registry.describe():
         table.add_row(name, description, source)
     console.print(table)
+    if kind == "teachers":
+        print_robustbench_catalogue()
+
+
+def print_robustbench_catalogue() -> None:
+    """RobustBench's CIFAR-10/100 Linf/L2 zoo: use any row as {source: robustbench, name: <model>}."""
+    from .errors import RkbenchError
+    from .teachers.robustbench import catalogue, published_info
+
+    try:
+        rows = catalogue()
+    except RkbenchError as exc:
+        console.print(f"RobustBench zoo not listed: {exc}")
+        return
+    table = Table("model", "dataset", "threat", "architecture", "clean %", "AutoAttack %",
+                  title="RobustBench models (source: robustbench)")
+    for row in rows:
+        table.add_row(row["model"], row["dataset"], row["threat"], row["architecture"], row["clean"] or "-",
+                      row["autoattack"] or "-")
+    console.print(table)
+    console.print(f"published accuracies: {published_info()[0] or 'not available'}")
 
 
 def _registry(kind: str):

@@ -18,10 +18,10 @@ from .errors import RkbenchError
 from .evaluate import CLEAN, EvalResult, evaluate, reusable_previous, save_per_example
 from .methods import build_method
 from .models import build_model, count_parameters
-from .report import write_leaderboard
+from .models.complexity import try_count_madds
 from .suite import RunSpec, Suite, TeacherPlan, expand
 from .teachers import TEACHER_SOURCES, TeacherContext
-from .train import Trainer, resolve_device
+from .train import TrainJob, Trainer, resolve_device
 
 
 @dataclass
@@ -29,6 +29,21 @@ class RunOutcome:
     run: RunSpec
     status: str  # "finished", "cached" (nothing to do), "failed"
     error: str | None = None
+
+
+@dataclass
+class _Pending:
+    """A run between its start (student built, teacher loaded) and its finish (evaluated)."""
+
+    run: RunSpec
+    directory: Path
+    title: str
+    reuse: bool  # finished weights exist: evaluate only
+    student: torch.nn.Module
+    teacher: torch.nn.Module | None
+    method: object
+    train_seconds: float | None = None
+    error: BaseException | None = None
 
 
 @dataclass
@@ -169,72 +184,194 @@ class SuiteRunner:
         metrics_path = directory / store.METRICS
         cached = load_metrics_file(metrics_path)
         if not self.evaluation_current(cached):
+            torch.manual_seed(0)  # attacks that draw from torch's global stream: same in every process
             result = self.evaluate_model(model, directory, f"teacher {plan.spec.name}")
             store.write_json(metrics_path, {
                 "run_id": plan.teacher_id, "teacher": plan.spec.name, "source": plan.spec.source,
                 "model": source.model_label(params),
                 "parameters": count_parameters(model), "train_seconds": train_seconds, "status": "finished",
-                **self.accuracy_fields(result)})
+                "madds": try_count_madds(model, self.data.input_shape), **self.accuracy_fields(result)})
         self._teachers[plan.teacher_id] = model
         return model
 
     # -- student runs -------------------------------------------------------------------------
-    def run_one(self, run: RunSpec) -> RunOutcome:
-        directory = store.run_dir(self.results_dir, run.run_id)
-        metrics = load_metrics_file(directory / store.METRICS)
+    def skip(self, run: RunSpec) -> RunOutcome | None:
+        """The outcome of a run with nothing left to do (finished, or failed and not retried)."""
+        metrics = load_metrics_file(store.run_dir(self.results_dir, run.run_id) / store.METRICS)
         if metrics is not None:
             if metrics.get("status") == "failed" and not self.retry_failed:
                 return RunOutcome(run, "failed", metrics.get("error"))
-            if metrics.get("status") == "finished" and self.evaluation_current(metrics):
+            if (metrics.get("status") == "finished" and self.evaluation_current(metrics)
+                    and self.diagnostics_current(run, metrics)):
                 return RunOutcome(run, "cached")
+        return None
+
+    def run_one(self, run: RunSpec) -> RunOutcome:
+        return self.run_many([run], share_teacher=False)[0]
+
+    def run_many(self, runs: list[RunSpec], share_teacher: bool | None = None) -> list[RunOutcome]:
+        """Run ``runs`` in order. With ``share_teacher`` (default: the suite's training.share_teacher),
+        fresh runs with the same teacher, seed and training config train in lock-step, so each
+        batch's teacher outputs are computed once for all of them (results equal separate runs)."""
+        from .report import write_leaderboard
+
+        share_teacher = self.suite.training.share_teacher if share_teacher is None else share_teacher
+        outcomes: dict[str, RunOutcome] = {}
+        groups: dict[tuple, list[_Pending]] = {}
+        for run in runs:
+            skipped = self.skip(run)
+            if skipped is not None:
+                outcomes[run.run_id] = skipped
+                continue
+            try:
+                pending = self._start(run)
+            except Exception as exc:  # recorded, reported, the suite goes on
+                outcomes[run.run_id] = self._fail(run, exc)
+                continue
+            fresh = not pending.reuse and not (pending.directory / store.CHECKPOINT).exists()
+            key = (self._lockstep_key(pending) if share_teacher and fresh and run.teacher else ("alone", run.run_id))
+            groups.setdefault(key, []).append(pending)
+        for group in groups.values():
+            self._train_group([p for p in group if not p.reuse])
+            for pending in group:
+                run = pending.run
+                outcome = (self._fail(run, pending.error) if pending.error is not None else self._finish(pending))
+                outcomes[run.run_id] = outcome
+                if len(runs) > 1:
+                    write_leaderboard(self.results_dir)
+        return [outcomes[run.run_id] for run in runs]
+
+    def _lockstep_key(self, pending: "_Pending") -> tuple:
+        import json
+
+        run = pending.run
+        return (run.teacher.teacher_id, json.dumps(run.training.for_identity(), sort_keys=True),
+                *Trainer.lockstep_key(pending.method, run.seed))
+
+    def _start(self, run: RunSpec) -> "_Pending":
+        directory = store.run_dir(self.results_dir, run.run_id)
+        metrics = load_metrics_file(directory / store.METRICS)
+        store.remove_stale_temporaries(directory)  # left by a process killed mid-write
         title = f"{run.student.name} <- {run.method.label}" + (f" ({run.teacher.spec.name})" if run.teacher else "")
         store.write_json(directory / store.CONFIG, {**run.describe(), "identity": run.identity(),
                                                     "suite": self.suite.name})
-        base = {**run.describe(), "model": run.student.model, "versions": versions()}
+        weights = directory / store.STUDENT
+        reuse = metrics is not None and metrics.get("status") == "finished" and weights.is_file()
+        # the teacher before the seed: loading it (fresh process, worker, job) must not move the
+        # random stream the student's initialization and training draw from
+        teacher = self.teacher(run.teacher) if run.teacher and not reuse else None
+        torch.manual_seed(run.seed)
+        student = build_model(run.student.model, self.data.num_classes, self.data.input_shape, **run.student.options)
+        if reuse:
+            student.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        method = build_method(run.method.method, run.method.params, self.suite.threat, run.seed)
+        return _Pending(run, directory, title, reuse, student, teacher, method,
+                        metrics.get("train_seconds") if metrics else None)
+
+    def _train_group(self, group: list["_Pending"]) -> None:
+        if not group:
+            return
+        first = group[0]
+        for pending in group:
+            extra = f" in lock-step with {len(group) - 1} other run(s)" if len(group) > 1 else ""
+            self.reporter.message(f"training {pending.title}{extra}")
+        jobs = []
+        for pending in group:
+            log_path = pending.directory / store.LOG
+            jobs.append(TrainJob(pending.student, pending.method, pending.run.seed, pending.directory,
+                                 log=lambda line, path=log_path: store.append_log(path, line),
+                                 on_epoch=self.reporter.epoch_callback(pending.title)))
+        trainer = Trainer(first.run.training, self.device)
         try:
-            torch.manual_seed(run.seed)
-            student = build_model(run.student.model, self.data.num_classes, self.data.input_shape,
-                                  **run.student.options)
-            weights = directory / store.STUDENT
-            train_seconds = metrics.get("train_seconds") if metrics else None
-            if metrics is not None and metrics.get("status") == "finished" and weights.is_file():
-                student.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-            else:
-                teacher = self.teacher(run.teacher) if run.teacher else None
-                self.reporter.message(f"training {title}")
-                trained = self.train_model(student, run.method.method, run.method.params, run.training, run.seed,
-                                           directory, teacher=teacher, title=title)
-                train_seconds = trained.train_seconds
-                store.atomic_write(weights, lambda h: torch.save(student.state_dict(), h), mode="wb")
-                (directory / store.CHECKPOINT).unlink(missing_ok=True)
-            result = self.evaluate_model(student, directory, title)
+            trainer.fit_many(jobs, self.data, teacher=first.teacher)
+        except Exception as exc:  # the whole group failed before training (e.g. a bad hold-out)
+            for pending in group:
+                pending.error = exc
+            return
+        for pending, job in zip(group, jobs):
+            pending.error = job.error
+            if job.error is None:
+                pending.train_seconds = job.result.train_seconds
+                store.atomic_write(pending.directory / store.STUDENT,
+                                   lambda h, model=pending.student: torch.save(model.state_dict(), h), mode="wb")
+
+    def _finish(self, pending: "_Pending") -> RunOutcome:
+        run, directory, student = pending.run, pending.directory, pending.student
+        try:
+            torch.manual_seed(run.seed)  # attacks that draw from torch's global stream: same in every process
+            result = self.evaluate_model(student, directory, pending.title)
             store.write_json(directory / store.METRICS, {
-                **base, "status": "finished", "error": None, "train_seconds": train_seconds,
-                "parameters": count_parameters(student), **self.accuracy_fields(result)})
+                **self._base(run), "status": "finished", "error": None, "train_seconds": pending.train_seconds,
+                "parameters": count_parameters(student), "madds": try_count_madds(student, self.data.input_shape),
+                **self.diagnostics(run, student), **self.accuracy_fields(result)})
+            # kept until now: killed while evaluating, the run resumes at its last epoch, not from scratch
+            (directory / store.CHECKPOINT).unlink(missing_ok=True)
             return RunOutcome(run, "finished")
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # recorded, reported, the suite goes on
-            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            store.append_log(directory / store.LOG, traceback.format_exc())
-            store.write_json(directory / store.METRICS, {**base, "status": "failed", "error": reason})
-            self.reporter.message(f"[red]run {run.run_id} failed[/red]: {reason}")
-            return RunOutcome(run, "failed", reason)
+            return self._fail(run, exc)
+
+    def _base(self, run: RunSpec) -> dict:
+        return {**run.describe(), "model": run.student.model, "versions": versions()}
+
+    def _fail(self, run: RunSpec, exc: BaseException) -> RunOutcome:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise exc
+        directory = store.run_dir(self.results_dir, run.run_id)
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        store.append_log(directory / store.LOG, "".join(traceback.format_exception(exc)))
+        store.write_json(directory / store.METRICS, {**self._base(run), "status": "failed", "error": reason})
+        self.reporter.message(f"[red]run {run.run_id} failed[/red]: {reason}")
+        return RunOutcome(run, "failed", reason)
+
+    # -- transfer diagnostics (evaluation.diagnostics; rkbench/diagnostics.py) -------------------
+    def diagnostics_wanted(self, run: RunSpec) -> int:
+        """How many examples the run's diagnostics use; 0 when the suite does not ask for them."""
+        evaluation = self.suite.evaluation
+        if not evaluation.diagnostics or run.teacher is None:
+            return 0
+        return min(evaluation.diagnostics_examples, self.eval_split()[0].shape[0])
+
+    def diagnostics_current(self, run: RunSpec, metrics: dict) -> bool:
+        wanted = self.diagnostics_wanted(run)
+        return not wanted or (metrics.get("diagnostics") or {}).get("n_examples") == wanted
+
+    def diagnostics(self, run: RunSpec, student) -> dict:
+        """``{"diagnostics": {...}}`` for metrics.json, or {} when not asked for."""
+        n = self.diagnostics_wanted(run)
+        if not n:
+            return {}
+        from .diagnostics import diagnose
+
+        x, y = self.eval_split()
+        return {"diagnostics": diagnose(student.to(self.device), self.teacher(run.teacher), x[:n], y[:n],
+                                        self.suite.threat, self.suite.evaluation.batch_size, seed=run.seed)}
+
+    def needed_teachers(self) -> list[TeacherPlan]:
+        needed = {run.teacher.teacher_id for run in self.runs if run.teacher}
+        return [plan for plan in self.teacher_plans if plan.teacher_id in needed]
+
+    def prepare_teachers(self) -> None:
+        """Teachers first: every run that needs one then finds it cached (trained once, evaluated once)."""
+        for plan in self.needed_teachers():
+            self.teacher(plan)
+
+    def teacher_ready(self, plan: TeacherPlan) -> bool:
+        """Whether the teacher's files are complete (weights if trained, a current evaluation)."""
+        directory = store.teacher_dir(self.results_dir, plan.teacher_id)
+        if TEACHER_SOURCES.get(plan.spec.source).trains and not (directory / store.TEACHER).is_file():
+            return False
+        return self.evaluation_current(load_metrics_file(directory / store.METRICS))
 
     def run(self) -> SuiteOutcome:
+        """Teachers first, then every run, on the suite's executor (local by default; see executors.py)."""
+        from .executors import build_executor
+
         if self.suite.training.threads:
             torch.set_num_threads(self.suite.training.threads)
         self.results_dir.mkdir(parents=True, exist_ok=True)
-        outcome = SuiteOutcome(self.results_dir)
-        needed = {run.teacher.teacher_id for run in self.runs if run.teacher}
-        for plan in self.teacher_plans:  # teachers first: every run that needs one finds it cached
-            if plan.teacher_id in needed:
-                self.teacher(plan)
-        for run in self.runs:
-            outcome.outcomes.append(self.run_one(run))
-            write_leaderboard(self.results_dir)
-        write_leaderboard(self.results_dir)
-        return outcome
+        return build_executor(self.suite.executor).run(self)
 
 
 def load_metrics_file(path: Path) -> dict | None:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .attacks import ATTACKS
 from .data import DATASETS
 from .errors import ConfigError, RkbenchError
+from .executors import EXECUTORS, ExecutorConfig
 from .methods import METHODS
 from .models import MODELS, check_model_options
 from .teachers import TEACHER_SOURCES
@@ -60,10 +61,12 @@ class TrainingConfig(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    share_teacher: bool = Field(False, description="train runs with the same teacher, seed and training "
+                                                   "in lock-step: one teacher pass per batch for all")
 
     def for_identity(self) -> dict:
         """The fields that change what is trained (seeds are per run; device/threads are not)."""
-        return self.model_dump(mode="json", exclude={"seeds", "device", "threads"})
+        return self.model_dump(mode="json", exclude={"seeds", "device", "threads", "share_teacher"})
 
 
 class AttackSpec(Strict):
@@ -79,6 +82,8 @@ class EvaluationConfig(Strict):
     batch_size: int = Field(500, ge=1)
     cascade: bool = Field(True, description="attacks cheapest first, each on the examples still robust; "
                                             "columns not marked exact are reported as 'cascade'")
+    diagnostics: bool = Field(False, description="transfer diagnostics of runs with a teacher (rkbench/diagnostics.py)")
+    diagnostics_examples: int = Field(200, ge=1, description="first N test examples the diagnostics use")
 
     @field_validator("attacks", mode="before")
     @classmethod
@@ -119,6 +124,8 @@ class DatasetSpec(Strict):
 class TeacherSpec(Strict):
     name: str
     source: str
+    # the method labels distilled from this teacher (default: every method that uses a teacher)
+    methods: list[str] | None = None
     options: dict = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -126,7 +133,8 @@ class TeacherSpec(Strict):
     def _split(cls, value):
         if isinstance(value, dict) and "options" not in value:
             rest = dict(value)
-            return {"name": rest.pop("name", None), "source": rest.pop("source", None), "options": rest}
+            return {"name": rest.pop("name", None), "source": rest.pop("source", None),
+                    "methods": rest.pop("methods", None), "options": rest}
         return value
 
 
@@ -164,6 +172,7 @@ class Suite(Strict):
     methods: list[MethodSpec] = Field(min_length=1)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)  # where runs execute (not in run ids)
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -309,6 +318,7 @@ def _named(registry, name: str, where: str) -> None:
 def check_suite(suite: Suite, source: str) -> None:
     """Names against registries, option blocks against their ``Params``; normalizes options."""
     _named(DATASETS, suite.dataset.name, f"{source}: dataset.name")
+    _named(EXECUTORS, suite.executor.name, f"{source}: executor.name")
     params = validate_options(DATASETS.get(suite.dataset.name).Params, suite.dataset.options, f"{source}: dataset")
     suite.dataset.options = params.model_dump(mode="json")
 
@@ -316,7 +326,7 @@ def check_suite(suite: Suite, source: str) -> None:
         where = f"{source}: students.{index}"
         _named(MODELS, student.model, f"{where}.model")
         try:
-            check_model_options(student.model, student.options)
+            student.options = check_model_options(student.model, student.options)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
     _unique([s.name for s in suite.students], f"{source}: students", "student name")
@@ -338,7 +348,8 @@ def check_suite(suite: Suite, source: str) -> None:
         if "model" in teacher.options:
             _named(MODELS, teacher.options["model"], f"{where}.model")
             try:
-                check_model_options(teacher.options["model"], teacher.options.get("model_options", {}))
+                teacher.options["model_options"] = check_model_options(teacher.options["model"],
+                                                                       teacher.options.get("model_options", {}))
             except ConfigError as exc:
                 raise ConfigError(f"{where}.model_options: {exc}") from None
         if "method" in teacher.options:
@@ -351,6 +362,13 @@ def check_suite(suite: Suite, source: str) -> None:
             teacher.options["method_params"] = method_params.model_dump(mode="json")
             suite.training_for(teacher.options.get("training", {}), f"{where}.training")
     _unique([t.name for t in suite.teachers], f"{source}: teachers", "teacher name")
+    labels = [m.label for m in suite.methods]
+    for index, teacher in enumerate(suite.teachers):
+        for label in teacher.methods or []:
+            if label not in labels:
+                close = difflib.get_close_matches(label, labels, n=1, cutoff=0.5)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; the suite's methods: {', '.join(labels)}"
+                raise ConfigError(f"{source}: teachers.{index}.methods: no method labelled {label!r}{hint}")
     _unique([m.label for m in suite.methods], f"{source}: methods", "method label")
 
     if any(suite.uses_teacher(m) for m in suite.methods) and not suite.teachers:
@@ -459,7 +477,8 @@ def expand(suite: Suite) -> tuple[list[TeacherPlan], list[RunSpec]]:
     seen: set[str] = set()
     for method in suite.methods:
         training = suite.training_for(method.training, f"methods.{method.label}.training")
-        for teacher in (teachers if suite.uses_teacher(method) else [None]):
+        paired = [t for t in teachers if t.spec.methods is None or method.label in t.spec.methods]
+        for teacher in (paired if suite.uses_teacher(method) else [None]):
             for student in suite.students:
                 for seed in training.seeds:
                     run = RunSpec(suite.name, suite.dataset, suite.threat, teacher, student, method, training, seed)

@@ -67,6 +67,71 @@ def lr_factor(schedule, epoch: float, epochs: int) -> float:
     return schedule.gamma ** sum(epoch >= m for m in milestones)
 
 
+@dataclass
+class TrainJob:
+    """One student to train. Several jobs that share a teacher, a seed and a training config are
+    trained in lock-step by ``Trainer.fit_many``: each batch is drawn, augmented and passed through
+    the teacher once for all of them."""
+
+    student: nn.Module
+    method: Method
+    seed: int = 0
+    work_dir: Path | None = None
+    log: Callable[[str], None] | None = None
+    on_epoch: Callable[[int, int, float], None] | None = None
+    # filled while training
+    error: BaseException | None = None
+    result: TrainResult | None = None
+
+
+class _JobState:
+    """What the loop keeps per job: optimizer, schedule, losses, time, resume point."""
+
+    def __init__(self, job: TrainJob, config, device, teacher, epochs: int):
+        self.job, self.log = job, job.log or (lambda line: None)
+        job.method.prepare(job.student, teacher)
+        job.student.to(device)
+        self.optimizer = make_optimizer(job.student, config)
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.losses: list[float] = []
+        self.train_seconds, self.start_epoch, self.stopped = 0.0, 0, False
+        self.checkpoint = Path(job.work_dir) / CHECKPOINT if job.work_dir else None
+        self.epochs = epochs
+        self.loss_sum, self.loss_count = 0.0, 0
+
+    def resume(self, device, data_generator: torch.Generator) -> None:
+        if not (self.checkpoint and self.checkpoint.is_file()):
+            return
+        job = self.job
+        state = torch.load(self.checkpoint, map_location=device, weights_only=False)
+        job.student.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        # RNG states are CPU byte tensors whatever map_location did to them (a CUDA resume failed)
+        data_generator.set_state(state["data_rng"].cpu())
+        job.method.generator.set_state(state["method_rng"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+        if state.get("method_state") is not None and hasattr(job.method, "load_state"):
+            job.method.load_state(state["method_state"])
+        self.start_epoch, self.losses, self.train_seconds = state["epoch"], state["losses"], state["train_seconds"]
+        if state.get("stopped"):  # stopped early by the method: nothing left to train
+            self.start_epoch = self.epochs
+        self.log(f"resumed from epoch {self.start_epoch}/{self.epochs}")
+
+    def save(self, epoch: int, device, data_generator: torch.Generator) -> None:
+        if not self.checkpoint:
+            return
+        job = self.job
+        state = {"epoch": epoch + 1, "model": job.student.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "data_rng": data_generator.get_state(), "method_rng": job.method.generator.get_state(),
+                 "torch_rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                 "method_state": job.method.state() if hasattr(job.method, "state") else None,
+                 "losses": self.losses, "train_seconds": self.train_seconds, "stopped": self.stopped}
+        atomic_write(self.checkpoint, lambda h: torch.save(state, h), mode="wb")
+
+
 class Trainer:
     def __init__(self, config, device: torch.device, work_dir: Path | None = None,
                  on_epoch: Callable[[int, int, float], None] | None = None, log: Callable[[str], None] | None = None):
@@ -82,104 +147,124 @@ class Trainer:
 
     def fit(self, student: nn.Module, method: Method, data: TensorDataset, teacher: nn.Module | None = None,
             seed: int = 0) -> TrainResult:
+        job = TrainJob(student, method, seed, self.work_dir, self.log, self.on_epoch)
+        self.fit_many([job], data, teacher)
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    @staticmethod
+    def lockstep_key(method: Method, seed: int) -> tuple:
+        """Jobs with equal keys (and the same teacher and training config) can share every batch."""
+        return (seed, method.replays, method.holdout)
+
+    def fit_many(self, jobs: list[TrainJob], data: TensorDataset, teacher: nn.Module | None = None) -> list[TrainJob]:
+        """Train ``jobs`` in lock-step on one data order: the batch, its augmentation and the
+        teacher's outputs are computed once per batch for all of them. The results equal those of
+        separate runs with the same seed (each job keeps its own model, optimizer, method RNG and
+        checkpoint). A job that raises is recorded in ``job.error`` and the others go on."""
         config, device = self.config, self.device
+        keys = {self.lockstep_key(job.method, job.seed) for job in jobs}
+        if len(keys) != 1:
+            raise ValueError(f"jobs trained in lock-step need one seed, replay count and hold-out; got {keys}")
+        first = jobs[0]
+        seed, replays, holdout = self.lockstep_key(first.method, first.seed)
         if device.type == "cpu":  # a resumed run then ends with the same weights as an uninterrupted one
             torch.use_deterministic_algorithms(True, warn_only=True)
-        student.to(device)
         if teacher is not None:
             teacher.to(device).eval()
-            teacher.requires_grad_(False)  # gradients reach the student only
-        method.prepare(student, teacher)
-        student.to(device)
-        optimizer = make_optimizer(student, config)
-        epochs = self.epochs_for(method)
+            teacher.requires_grad_(False)  # gradients reach the students only
+        epochs = self.epochs_for(first.method)
+        states = [_JobState(job, config, device, teacher, epochs) for job in jobs]
         x_train, y_train, held = data.x_train, data.y_train, None
-        if method.holdout:  # a fixed seeded draw of training examples, never trained on, for end_epoch
-            if method.holdout >= x_train.shape[0]:
-                raise RkbenchError(f"the method holds out {method.holdout} examples of only {x_train.shape[0]}")
+        if holdout:  # a fixed seeded draw of training examples, never trained on, for end_epoch
+            if holdout >= x_train.shape[0]:
+                raise RkbenchError(f"the method holds out {holdout} examples of only {x_train.shape[0]}")
             pick = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(seed))
-            held = (x_train[pick[:method.holdout]].to(device), y_train[pick[:method.holdout]].to(device))
-            x_train, y_train = x_train[pick[method.holdout:]], y_train[pick[method.holdout:]]
+            held = (x_train[pick[:holdout]].to(device), y_train[pick[:holdout]].to(device))
+            x_train, y_train = x_train[pick[holdout:]], y_train[pick[holdout:]]
         n_train = x_train.shape[0]
-        batches_per_epoch = math.ceil(n_train / config.batch_size)
-        steps_per_epoch = batches_per_epoch * method.replays
-        total_steps = epochs * steps_per_epoch
-        base_lrs = [group["lr"] for group in optimizer.param_groups]
+        steps_per_epoch = math.ceil(n_train / config.batch_size) * replays
         # data order and augmentation draw from their own stream, independent of model init
         data_generator = torch.Generator().manual_seed(seed)
-        start_epoch, losses, train_seconds = 0, [], 0.0
-
-        checkpoint_path = self.work_dir / CHECKPOINT if self.work_dir else None
-        if checkpoint_path and checkpoint_path.is_file():
-            state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-            student.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            # RNG states are CPU byte tensors whatever map_location did to them (a CUDA resume failed)
-            data_generator.set_state(state["data_rng"].cpu())
-            method.generator.set_state(state["method_rng"].cpu())
-            torch.set_rng_state(state["torch_rng"].cpu())
-            if device.type == "cuda" and state.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
-            if state.get("method_state") is not None and hasattr(method, "load_state"):
-                method.load_state(state["method_state"])
-            start_epoch, losses, train_seconds = state["epoch"], state["losses"], state["train_seconds"]
-            if state.get("stopped"):  # stopped early by the method: nothing left to train
-                start_epoch = epochs
-            self.log(f"resumed from epoch {start_epoch}/{epochs}")
+        for state in states:
+            state.resume(device, data_generator)
+        start_epoch = min(state.start_epoch for state in states)
+        if any(state.start_epoch != start_epoch for state in states):
+            raise ValueError("jobs trained in lock-step must resume from the same epoch")
+        needs_logits = teacher is not None and any(j.method.uses_teacher for j in jobs)
+        needs_features = teacher is not None and any(j.method.uses_teacher_features for j in jobs)
 
         x_train, y_train = x_train.to(device), y_train.to(device)
         step = start_epoch * steps_per_epoch
         for epoch in range(start_epoch, epochs):
-            started = time.perf_counter()
-            student.train()
+            active = [s for s in states if s.job.error is None and not s.stopped]
+            if not active:
+                break
+            for state in active:
+                state.job.student.train()
+                state.loss_sum, state.loss_count, state.epoch_seconds = 0.0, 0, 0.0
             order = torch.randperm(n_train, generator=data_generator).to(device)
-            loss_sum, loss_count = 0.0, 0
             for start in range(0, n_train, config.batch_size):
+                shared_started = time.perf_counter()
                 index = order[start:start + config.batch_size]
                 x = augment(x_train[index], data.augment, generator=data_generator)
                 y = y_train[index]
                 batch = Batch(x=x, y=y, teacher=teacher, epoch=epoch, epochs=epochs)
-                if teacher is not None and (method.uses_teacher or method.uses_teacher_features):
-                    # computed once per batch, shared by every replay and every loss term
+                if needs_logits or needs_features:
+                    # computed once per batch, shared by every replay, loss term and student
                     with torch.no_grad():
-                        if method.uses_teacher_features:
+                        if needs_features:
                             batch.teacher_logits, batch.teacher_features = teacher_forward_with_features(teacher, x)
                         else:
                             batch.teacher_logits = teacher(x)
-                for _ in range(method.replays):
-                    factor = lr_factor(config.schedule, step / steps_per_epoch, epochs)
-                    for group, base_lr in zip(optimizer.param_groups, base_lrs):
-                        group["lr"] = base_lr * factor
-                    loss = method.loss(student, batch)
-                    if not torch.isfinite(loss):
-                        raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    step += 1
-                    loss_sum += loss.item()
-                    loss_count += 1
-            losses.append(loss_sum / max(loss_count, 1))
-            train_seconds += time.perf_counter() - started
-            self.log(f"epoch {epoch + 1}/{epochs} loss {losses[-1]:.4f} ({time.perf_counter() - started:.1f}s)")
-            stopped = method.end_epoch(student, epoch, held)
-            if stopped:
-                self.log(f"stopped early by the method after epoch {epoch + 1}")
-            if checkpoint_path:
-                state = {"epoch": epoch + 1, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
-                         "data_rng": data_generator.get_state(), "method_rng": method.generator.get_state(),
-                         "torch_rng": torch.get_rng_state(),
-                         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                         "method_state": method.state() if hasattr(method, "state") else None,
-                         "losses": losses, "train_seconds": train_seconds, "stopped": stopped}
-                atomic_write(checkpoint_path, lambda h: torch.save(state, h), mode="wb")
-            if self.on_epoch:
-                self.on_epoch(epoch + 1, epochs, losses[-1])
-            if stopped:
-                break
-        method.finish(student)
-        student.eval()
-        return TrainResult(student, train_seconds, epochs, step, losses)
+                running = [s for s in active if s.job.error is None]
+                shared = (time.perf_counter() - shared_started) / max(len(running), 1)
+                for state in running:
+                    started = time.perf_counter()
+                    try:
+                        self._replays(state, batch, step, steps_per_epoch, epochs, replays)
+                    except Exception as exc:  # this student fails; the others go on
+                        state.job.error = exc
+                    state.epoch_seconds += shared + time.perf_counter() - started
+                step += replays
+            for state in active:
+                if state.job.error is not None:
+                    continue
+                job = state.job
+                state.losses.append(state.loss_sum / max(state.loss_count, 1))
+                state.train_seconds += state.epoch_seconds
+                state.log(f"epoch {epoch + 1}/{epochs} loss {state.losses[-1]:.4f} ({state.epoch_seconds:.1f}s"
+                          + (f", in lock-step with {len(active) - 1} other(s)" if len(active) > 1 else "") + ")")
+                state.stopped = bool(job.method.end_epoch(job.student, epoch, held))
+                if state.stopped:
+                    state.log(f"stopped early by the method after epoch {epoch + 1}")
+                state.save(epoch, device, data_generator)
+                if job.on_epoch:
+                    job.on_epoch(epoch + 1, epochs, state.losses[-1])
+        for state in states:
+            job = state.job
+            if job.error is None:
+                job.method.finish(job.student)
+                job.student.eval()
+                job.result = TrainResult(job.student, state.train_seconds, epochs, step, state.losses)
+        return jobs
+
+    def _replays(self, state: _JobState, batch: Batch, step: int, steps_per_epoch: int, epochs: int,
+                 replays: int) -> None:
+        job, optimizer = state.job, state.optimizer
+        for replay in range(replays):
+            factor = lr_factor(self.config.schedule, (step + replay) / steps_per_epoch, epochs)
+            for group, base_lr in zip(optimizer.param_groups, state.base_lrs):
+                group["lr"] = base_lr * factor
+            loss = job.method.loss(job.student, batch)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"loss became {loss.item()} at epoch {batch.epoch + 1}, step {step + replay}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            state.loss_sum += loss.item()
+            state.loss_count += 1
 
 
 def teacher_forward_with_features(teacher: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -35,7 +36,7 @@ def test_run_writes_leaderboard_with_every_method_and_student(finished):
     assert ((frame["pgd5"] <= frame["clean"]) & (frame["worst_case"] <= frame["pgd5"])).all()
     assert "Leaderboard" in output and "ard" in output
     markdown = (results / "leaderboard.md").read_text()
-    assert markdown.startswith("| teacher | student | method | seed | clean | pgd5 | worst_case |")
+    assert markdown.startswith("| teacher | student | method | seeds | clean | pgd5 | worst_case |")
     assert "Teachers" in markdown
 
 
@@ -100,3 +101,22 @@ def test_list_shows_registries():
                            ("attacks", "pgd20"), ("teachers", "checkpoint")]:
         result = CliRunner().invoke(main, ["list", kind])
         assert result.exit_code == 0 and expected in result.output
+
+
+def test_share_teacher_lockstep_equals_separate_runs(finished, tmp_path):
+    """Lock-step training (one teacher pass per batch for every student) gives the same weights and
+    metrics as separate runs with the same seeds, and the log says the teacher was shared."""
+    suite, results, _ = finished
+    shared = tmp_path / "shared"
+    result = CliRunner().invoke(main, ["run", str(suite), "--results-dir", str(shared), "--quiet", "--share-teacher"])
+    assert result.exit_code == 0, result.output
+    assert "in lock-step with" in result.output
+    separate = pd.read_csv(results / "leaderboard.csv").drop(columns=["train_s"], errors="ignore")
+    together = pd.read_csv(shared / "leaderboard.csv").drop(columns=["train_s"], errors="ignore")
+    pd.testing.assert_frame_equal(separate, together)
+    for run in (results / "runs").iterdir():
+        a = torch.load(run / "student.pt", weights_only=True)
+        b = torch.load(shared / "runs" / run.name / "student.pt", weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    logs = [(shared / "runs" / r / "log.txt").read_text() for r in os.listdir(shared / "runs")]
+    assert sum("in lock-step with" in log for log in logs) >= 2

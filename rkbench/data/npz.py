@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
+
 import numpy as np
 import torch
 
@@ -17,6 +19,7 @@ class NpzParams(DatasetParams):
     path: Path
     num_classes: int | None = None  # default: 1 + the largest label
     augment: Literal["none", "crop_flip"] = "crop_flip"
+    n_train: int | None = Field(None, ge=1, description="keep the first N training images (quick suites)")
 
 
 @DATASETS.register("npz", description="a local .npz of uint8 NCHW images (x_train, y_train, x_test, y_test)",
@@ -39,8 +42,9 @@ class Npz(DatasetSource):
             if arrays[key].dtype != np.uint8 or arrays[key].ndim != 4:
                 raise DataUnavailableError(f"{path}: {key} must be uint8 of shape [N, C, H, W], "
                                            f"got {arrays[key].dtype} {arrays[key].shape}")
-        y_train = torch.from_numpy(arrays["y_train"].astype(np.int64))
+        x_train = arrays["x_train"][:params.n_train]
+        y_train = torch.from_numpy(arrays["y_train"][:params.n_train].astype(np.int64))
         y_test = torch.from_numpy(arrays["y_test"].astype(np.int64))
         num_classes = params.num_classes or int(max(y_train.max(), y_test.max())) + 1
-        return TensorDataset(path.stem, uint8_to_float(arrays["x_train"]), y_train, uint8_to_float(arrays["x_test"]),
+        return TensorDataset(path.stem, uint8_to_float(x_train), y_train, uint8_to_float(arrays["x_test"]),
                              y_test, num_classes=num_classes, augment=params.augment)
