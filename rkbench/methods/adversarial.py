@@ -145,3 +145,19 @@ class FreePerturbation:
     def load_state(self, state: dict) -> None:
         self.delta = state.get("delta")
         self._x = self._leaf = self._grad = None
+
+
+class FreeMethod(Method):
+    """Base of the "free" family: each batch replayed ``params.m`` times through one persistent
+    ``FreePerturbation`` (step ``params.step_size``, default eps), saved with every checkpoint."""
+
+    def __init__(self, params, threat, seed=0):
+        super().__init__(params, threat, seed)
+        self.replays = params.m
+        self.perturbation = FreePerturbation(threat, params.step_size or threat.eps)
+
+    def state(self):
+        return self.perturbation.state()
+
+    def load_state(self, state):
+        self.perturbation.load_state(state)

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from .adversarial import FreePerturbation
+from .adversarial import FreeMethod
 from .ard import ard_loss
-from .base import METHODS, Method, MethodParams
+from .base import METHODS, MethodParams
 from .losses import KLReduction
 
 
@@ -26,7 +26,7 @@ class FastARDParams(MethodParams):
 
 @METHODS.register("fast_ard", description="Fast-ARD: ARD loss on x+delta, each batch replayed m times, delta "
                   "kept across replays (free AT)", source="Goldblum et al. AAAI 2020 (Algorithm 2)")
-class FastARD(Method):
+class FastARD(FreeMethod):
     """loss = alpha * t^2 * KL(T_t(x) || S_t(x + delta)) + (1 - alpha) * CE(S(x), y)  (the ARD loss),
 
     each minibatch replayed m times with a perturbation delta that persists across replays and
@@ -51,11 +51,6 @@ class FastARD(Method):
     Params = FastARDParams
     uses_teacher = True
 
-    def __init__(self, params, threat, seed=0):
-        super().__init__(params, threat, seed)
-        self.replays = params.m
-        self.perturbation = FreePerturbation(threat, params.step_size or threat.eps)
-
     def loss(self, student, batch):
         x_adv = self.perturbation.inputs(batch.x)
         adv_logits = student(x_adv)
@@ -65,9 +60,3 @@ class FastARD(Method):
                                           retain_graph=True)
             self.perturbation.set_grad(grad)
         return ard_loss(self.params, student, batch, adv_logits)
-
-    def state(self):
-        return self.perturbation.state()
-
-    def load_state(self, state):
-        self.perturbation.load_state(state)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from pydantic import Field
 
-from .adversarial import FreePerturbation
-from .base import METHODS, Method, MethodParams
+from .adversarial import FreeMethod
+from .base import METHODS, MethodParams
 
 
 class FreeATParams(MethodParams):
@@ -15,7 +15,7 @@ class FreeATParams(MethodParams):
 
 @METHODS.register("free_at", description="Free-AT: CE(S(x+delta), y), each batch replayed m times, delta kept "
                   "and ascended from the same backward pass", source="Shafahi et al. NeurIPS 2019")
-class FreeAT(Method):
+class FreeAT(FreeMethod):
     """loss = CE(S(x + delta), y); each minibatch is replayed m times and training epochs are divided
     by m, so the total cost equals natural training.
 
@@ -33,16 +33,5 @@ class FreeAT(Method):
 
     Params = FreeATParams
 
-    def __init__(self, params, threat, seed=0):
-        super().__init__(params, threat, seed)
-        self.replays = params.m
-        self.perturbation = FreePerturbation(threat, params.step_size or threat.eps)
-
     def loss(self, student, batch):
         return F.cross_entropy(student(self.perturbation.inputs(batch.x)), batch.y)
-
-    def state(self):
-        return self.perturbation.state()
-
-    def load_state(self, state):
-        self.perturbation.load_state(state)

@@ -48,6 +48,12 @@ def check_not_html(path: Path) -> None:
                                    f"delete it and fetch the file again")
 
 
+def file_digest(path: Path) -> str:
+    """The sha256 of a weights file for run identities, or "missing" (validation works before placing it)."""
+    path = Path(path).expanduser()
+    return file_sha256(path) if path.is_file() else "missing"
+
+
 def load_state_dict(path: Path, key: str | None = None, strip_prefix: str = "module.") -> dict:
     """Load weights safely, with one clear line for a missing file or a file that is not torch's
     (an HTML error page saved as .pt happens with model mirrors)."""
@@ -82,9 +88,7 @@ class Checkpoint(TeacherSource):
     Params = CheckpointParams
 
     def identity(self, params: CheckpointParams) -> dict:
-        path = params.path.expanduser()
-        digest = file_sha256(path) if path.is_file() else "missing"
-        return {"model": params.model, "model_options": params.model_options, "sha256": digest}
+        return {"model": params.model, "model_options": params.model_options, "sha256": file_digest(params.path)}
 
     def build(self, params: CheckpointParams, context):
         data = context.dataset

@@ -39,7 +39,7 @@ from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_val
 from ..compat import import_robustbench
 from ..errors import ConfigError, DataUnavailableError
 from .base import TEACHER_SOURCES, TeacherParams, TeacherSource
-from .checkpoint import check_not_html, file_sha256, load_state_dict
+from .checkpoint import check_not_html, file_digest, load_state_dict
 from .hooked import PenultimateFeatures
 
 DEFAULT_MODEL_DIR = Path("~/.cache/rkbench/robustbench")
@@ -127,7 +127,7 @@ class RobustBench(TeacherSource):
         files = expected_files(params)
         if params.download and not all(f.is_file() for f in files):
             self.load(params)  # fetch now: the file's hash names every run that uses it
-        digests = [file_sha256(f) if f.is_file() else "missing" for f in files]
+        digests = [file_digest(f) for f in files]
         return {"model": params.model_name, "dataset": params.dataset, "threat": params.threat,
                 "sha256": digests[0] if len(digests) == 1 else digests}
 

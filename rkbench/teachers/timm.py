@@ -19,7 +19,7 @@ from pydantic import Field
 
 from ..models import build_model
 from .base import TEACHER_SOURCES, TeacherParams, TeacherSource
-from .checkpoint import file_sha256
+from .checkpoint import file_digest
 
 
 class TimmTeacherParams(TeacherParams):
@@ -35,9 +35,8 @@ class Timm(TeacherSource):
     Params = TimmTeacherParams
 
     def identity(self, params: TimmTeacherParams) -> dict:
-        path = params.checkpoint.expanduser()
         return {"arch": params.arch, "model_args": params.model_args, "normalize": params.normalize,
-                "sha256": file_sha256(path) if path.is_file() else "missing"}
+                "sha256": file_digest(params.checkpoint)}
 
     def build(self, params: TimmTeacherParams, context):
         data = context.dataset
