@@ -245,7 +245,7 @@ class SuiteRunner:
         import json
 
         run = pending.run
-        return (run.teacher.teacher_id, json.dumps(run.training.for_identity(), sort_keys=True),
+        return (run.teacher.teacher_id, json.dumps(run.training.for_lockstep(), sort_keys=True),
                 *Trainer.lockstep_key(pending.method, run.seed))
 
     def _start(self, run: RunSpec) -> "_Pending":

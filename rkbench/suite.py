@@ -63,10 +63,37 @@ class TrainingConfig(Strict):
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     share_teacher: bool = Field(False, description="train runs with the same teacher, seed and training "
                                                    "in lock-step: one teacher pass per batch for all")
+    # speed (rkbench/performance.py); only amp changes the numbers
+    amp: Literal["off", "bf16"] = Field("off", description="bf16: the step under torch.autocast (evaluation "
+                                                          "stays float32)")
+    channels_last: bool = Field(False, description="NHWC models and batches (same arithmetic, faster convs)")
+    compile: bool = Field(False, description="torch.compile the student and the teacher for training")
+    data_on_device: bool = Field(True, description="the whole training set as tensors on the device")
+    pin_memory: bool = Field(False, description="with data_on_device off: pinned host batches, "
+                                                "non-blocking copies (CUDA)")
+    deterministic: bool | None = Field(None, description="torch deterministic algorithms (default: on for CPU)")
+
+    # fields that change how fast a run trains, never what it trains
+    SPEED_ONLY: typing.ClassVar[frozenset] = frozenset(
+        {"device", "threads", "share_teacher", "channels_last", "compile", "data_on_device", "pin_memory",
+         "deterministic"})
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_off(cls, value):
+        return "off" if value in (False, None) else value  # YAML reads a bare `off` as false
 
     def for_identity(self) -> dict:
-        """The fields that change what is trained (seeds are per run; device/threads are not)."""
-        return self.model_dump(mode="json", exclude={"seeds", "device", "threads", "share_teacher"})
+        """The fields that change what is trained (seeds are per run; device, threads and the other
+        speed options are not). ``amp`` enters only when on, so older run ids stay valid."""
+        identity = self.model_dump(mode="json", exclude={"seeds", *self.SPEED_ONLY})
+        if identity["amp"] == "off":
+            del identity["amp"]
+        return identity
+
+    def for_lockstep(self) -> dict:
+        """Runs trained in one lock-step group share every field but the seeds."""
+        return self.model_dump(mode="json", exclude={"seeds"})
 
 
 class AttackSpec(Strict):

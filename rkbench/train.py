@@ -20,6 +20,7 @@ from .data import TensorDataset
 from .data.augment import augment
 from .errors import RkbenchError
 from .methods import Batch, Method
+from .performance import Performance
 from .store import CHECKPOINT, atomic_write
 
 
@@ -87,10 +88,11 @@ class TrainJob:
 class _JobState:
     """What the loop keeps per job: optimizer, schedule, losses, time, resume point."""
 
-    def __init__(self, job: TrainJob, config, device, teacher, epochs: int):
+    def __init__(self, job: TrainJob, config, performance: Performance, teacher, epochs: int):
         self.job, self.log = job, job.log or (lambda line: None)
         job.method.prepare(job.student, teacher)
-        job.student.to(device)
+        performance.place_model(job.student)
+        self.runnable = performance.runnable(job.student)  # what the method calls (maybe compiled)
         self.optimizer = make_optimizer(job.student, config)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.losses: list[float] = []
@@ -169,13 +171,16 @@ class Trainer:
             raise ValueError(f"jobs trained in lock-step need one seed, replay count and hold-out; got {keys}")
         first = jobs[0]
         seed, replays, holdout = self.lockstep_key(first.method, first.seed)
-        if device.type == "cpu":  # a resumed run then ends with the same weights as an uninterrupted one
-            torch.use_deterministic_algorithms(True, warn_only=True)
+        performance = Performance.from_config(config, device)
+        # deterministic on CPU by default: a resumed run then ends with the same weights as an uninterrupted one
+        performance.apply_determinism()
+        runnable_teacher = None
         if teacher is not None:
-            teacher.to(device).eval()
+            performance.place_model(teacher).eval()
             teacher.requires_grad_(False)  # gradients reach the students only
+            runnable_teacher = performance.runnable(teacher)
         epochs = self.epochs_for(first.method)
-        states = [_JobState(job, config, device, teacher, epochs) for job in jobs]
+        states = [_JobState(job, config, performance, teacher, epochs) for job in jobs]
         x_train, y_train, held = data.x_train, data.y_train, None
         if holdout:  # a fixed seeded draw of training examples, never trained on, for end_epoch
             if holdout >= x_train.shape[0]:
@@ -195,7 +200,7 @@ class Trainer:
         needs_logits = teacher is not None and any(j.method.uses_teacher for j in jobs)
         needs_features = teacher is not None and any(j.method.uses_teacher_features for j in jobs)
 
-        x_train, y_train = x_train.to(device), y_train.to(device)
+        x_train, y_train = performance.place_dataset(x_train, y_train)
         step = start_epoch * steps_per_epoch
         for epoch in range(start_epoch, epochs):
             active = [s for s in states if s.job.error is None and not s.stopped]
@@ -204,26 +209,28 @@ class Trainer:
             for state in active:
                 state.job.student.train()
                 state.loss_sum, state.loss_count, state.epoch_seconds = 0.0, 0, 0.0
-            order = torch.randperm(n_train, generator=data_generator).to(device)
+            order = torch.randperm(n_train, generator=data_generator).to(x_train.device)
             for start in range(0, n_train, config.batch_size):
                 shared_started = time.perf_counter()
                 index = order[start:start + config.batch_size]
-                x = augment(x_train[index], data.augment, generator=data_generator)
-                y = y_train[index]
-                batch = Batch(x=x, y=y, teacher=teacher, epoch=epoch, epochs=epochs)
+                x = augment(performance.transfer(x_train[index]), data.augment, generator=data_generator)
+                x, y = performance.formatted(x), performance.transfer(y_train[index])
+                batch = Batch(x=x, y=y, teacher=runnable_teacher, epoch=epoch, epochs=epochs)
                 if needs_logits or needs_features:
                     # computed once per batch, shared by every replay, loss term and student
-                    with torch.no_grad():
+                    with torch.no_grad(), performance.autocast():
                         if needs_features:
-                            batch.teacher_logits, batch.teacher_features = teacher_forward_with_features(teacher, x)
+                            logits, features = teacher_forward_with_features(runnable_teacher, x)
+                            batch.teacher_features = features.float()
                         else:
-                            batch.teacher_logits = teacher(x)
+                            logits = runnable_teacher(x)
+                        batch.teacher_logits = logits.float()
                 running = [s for s in active if s.job.error is None]
                 shared = (time.perf_counter() - shared_started) / max(len(running), 1)
                 for state in running:
                     started = time.perf_counter()
                     try:
-                        self._replays(state, batch, step, steps_per_epoch, epochs, replays)
+                        self._replays(state, batch, step, steps_per_epoch, epochs, replays, performance)
                     except Exception as exc:  # this student fails; the others go on
                         state.job.error = exc
                     state.epoch_seconds += shared + time.perf_counter() - started
@@ -242,8 +249,11 @@ class Trainer:
                 state.save(epoch, device, data_generator)
                 if job.on_epoch:
                     job.on_epoch(epoch + 1, epochs, state.losses[-1])
+        if teacher is not None:
+            performance.release_model(teacher)
         for state in states:
             job = state.job
+            performance.release_model(job.student)
             if job.error is None:
                 job.method.finish(job.student)
                 job.student.eval()
@@ -251,13 +261,14 @@ class Trainer:
         return jobs
 
     def _replays(self, state: _JobState, batch: Batch, step: int, steps_per_epoch: int, epochs: int,
-                 replays: int) -> None:
+                 replays: int, performance: Performance) -> None:
         job, optimizer = state.job, state.optimizer
         for replay in range(replays):
             factor = lr_factor(self.config.schedule, (step + replay) / steps_per_epoch, epochs)
             for group, base_lr in zip(optimizer.param_groups, state.base_lrs):
                 group["lr"] = base_lr * factor
-            loss = job.method.loss(job.student, batch)
+            with performance.autocast():  # attack, forward and loss; the backward runs outside
+                loss = job.method.loss(state.runnable, batch)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"loss became {loss.item()} at epoch {batch.epoch + 1}, step {step + replay}")
             optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,97 @@
+"""How the training loop runs fast, without changing what it computes (except ``amp``).
+
+The suite's training section names the options (``amp``, ``channels_last``, ``compile``,
+``data_on_device``, ``pin_memory``, ``deterministic``); ``Performance`` turns them into the few
+operations the trainer needs: where the training tensors live, how a batch reaches the device, the
+autocast context around a step, the memory format of models and batches, and the module a method
+calls. All are off by default (``deterministic`` is on for CPU), so a suite trains the same way on
+every machine unless it asks otherwise.
+
+- ``channels_last``: NHWC tensors for 4-d inputs and conv weights. Same arithmetic, another memory
+  order; oneDNN and cuDNN run convolutions (depthwise ones above all) much faster in it.
+- ``amp: bf16``: the step (attack, teacher forward, loss) under ``torch.autocast`` in bfloat16; the
+  backward, the optimizer and the parameters stay float32. It changes the numbers, so it is part of
+  a run's identity. Evaluation never runs under it: a robust accuracy is always measured in float32.
+- ``compile``: the student (and the teacher) through ``torch.compile``; the method calls the
+  compiled module, checkpoints and ``student.pt`` hold the plain module's weights.
+- ``data_on_device`` / ``pin_memory``: the whole training set as one tensor on the device (the
+  default), or on the host with each batch gathered there and copied (pinned, non-blocking on CUDA).
+- ``deterministic``: ``torch.use_deterministic_algorithms`` (a resumed run ends bit-equal). Torch's
+  ``fill_uninitialized_memory`` is switched off with it: it NaN-fills every new tensor, which only
+  helps find kernels that read memory they never wrote, and cost about 12 % of a MobileNetV2 step
+  on the 2-core CPU (bench/README.md).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Performance:
+    device: torch.device
+    amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
+    data_on_device: bool = True
+    pin_memory: bool = False
+    deterministic: bool | None = None  # None: on for CPU, off for CUDA
+
+    @classmethod
+    def from_config(cls, config, device: torch.device) -> "Performance":
+        return cls(device, amp=config.amp, channels_last=config.channels_last, compile=config.compile,
+                   data_on_device=config.data_on_device, pin_memory=config.pin_memory,
+                   deterministic=config.deterministic)
+
+    # -- process-wide switches --------------------------------------------------------------------
+    def apply_determinism(self) -> None:
+        wanted = self.device.type == "cpu" if self.deterministic is None else self.deterministic
+        if wanted:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.utils.deterministic.fill_uninitialized_memory = False
+
+    # -- models --------------------------------------------------------------------------------------
+    def place_model(self, model: nn.Module) -> nn.Module:
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    @staticmethod
+    def release_model(model: nn.Module) -> nn.Module:
+        """Back to the default memory format once training is over (evaluation, saving)."""
+        return model.to(memory_format=torch.contiguous_format)
+
+    def runnable(self, model: nn.Module) -> nn.Module:
+        """The module the step calls: the model, or its compiled wrapper (same parameters)."""
+        return torch.compile(model) if self.compile else model
+
+    # -- data ------------------------------------------------------------------------------------------
+    def place_dataset(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.data_on_device:
+            return x.to(self.device), y.to(self.device)
+        if self.pin_memory and self.device.type == "cuda":
+            return x.pin_memory(), y.pin_memory()
+        return x, y
+
+    def index_device(self) -> torch.device:
+        return self.device if self.data_on_device else torch.device("cpu")
+
+    def transfer(self, t: torch.Tensor) -> torch.Tensor:
+        """A gathered batch (inputs or labels) onto the device."""
+        return t if t.device == self.device else t.to(self.device, non_blocking=self.pin_memory)
+
+    def formatted(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch in the models' memory format."""
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    # -- the step --------------------------------------------------------------------------------------
+    def autocast(self):
+        if self.amp == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
