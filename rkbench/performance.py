@@ -13,13 +13,15 @@ every machine unless it asks otherwise.
   backward, the optimizer and the parameters stay float32. It changes the numbers, so it is part of
   a run's identity. Evaluation never runs under it: a robust accuracy is always measured in float32.
 - ``compile``: the student (and the teacher) through ``torch.compile``; the method calls the
-  compiled module, checkpoints and ``student.pt`` hold the plain module's weights.
+  compiled module, checkpoints and ``student.pt`` hold the plain module's weights. Only the
+  model's ``forward`` is compiled: a method that calls ``features`` (RRM) runs those eagerly.
 - ``data_on_device`` / ``pin_memory``: the whole training set as one tensor on the device (the
   default), or on the host with each batch gathered there and copied (pinned, non-blocking on CUDA).
 - ``deterministic``: ``torch.use_deterministic_algorithms`` (a resumed run ends bit-equal). Torch's
-  ``fill_uninitialized_memory`` is switched off with it: it NaN-fills every new tensor, which only
-  helps find kernels that read memory they never wrote, and cost about 12 % of a MobileNetV2 step
-  on the 2-core CPU (bench/README.md).
+  ``fill_uninitialized_memory`` is switched off with it: it NaN-fills every new tensor, a debugging
+  aid for kernels that read memory they never wrote, paid as one more write of every new tensor.
+  Without it the digits suite's leaderboard is the same to the last digit; on the 2-core CPU its
+  cost was within noise (``bench/determinism_cost.py``).
 """
 from __future__ import annotations
 
@@ -45,6 +47,14 @@ class Performance:
         return cls(device, amp=config.amp, channels_last=config.channels_last, compile=config.compile,
                    data_on_device=config.data_on_device, pin_memory=config.pin_memory,
                    deterministic=config.deterministic)
+
+    def describe(self) -> str:
+        """The options that are on, for a run's log ("" when all are at their defaults)."""
+        on = [name for name in ("channels_last", "compile") if getattr(self, name)]
+        on += [f"amp {self.amp}"] if self.amp != "off" else []
+        on += ["host batches" + (" (pinned)" if self.pin_memory else "")] if not self.data_on_device else []
+        on += [f"deterministic {self.deterministic}"] if self.deterministic is not None else []
+        return ", ".join(on)
 
     # -- process-wide switches --------------------------------------------------------------------
     def apply_determinism(self) -> None:

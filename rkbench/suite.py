@@ -25,7 +25,7 @@ from .executors import EXECUTORS, ExecutorConfig
 from .methods import METHODS
 from .models import MODELS, check_model_options
 from .teachers import TEACHER_SOURCES
-from .threat import ThreatModel, parse_number
+from .threat import ThreatModel
 
 SCHEMA_VERSION = 1  # bump when a change to training semantics must not reuse old run directories
 

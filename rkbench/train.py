@@ -181,6 +181,9 @@ class Trainer:
             runnable_teacher = performance.runnable(teacher)
         epochs = self.epochs_for(first.method)
         states = [_JobState(job, config, performance, teacher, epochs) for job in jobs]
+        if performance.describe():
+            for state in states:
+                state.log(f"speed options: {performance.describe()}")
         x_train, y_train, held = data.x_train, data.y_train, None
         if holdout:  # a fixed seeded draw of training examples, never trained on, for end_epoch
             if holdout >= x_train.shape[0]:

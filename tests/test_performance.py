@@ -66,6 +66,19 @@ def test_channels_last_trains_the_same_student_and_hands_back_default_layout(sma
     assert next(m for m in trained_cnn.modules() if isinstance(m, torch.nn.Conv2d)).weight.is_contiguous()
 
 
+def test_the_run_log_names_the_speed_options_that_are_on(small_digits, trained_cnn):
+    lines = []
+    torch.manual_seed(0)
+    config = TrainingConfig(epochs=1, batch_size=64, channels_last=True, amp="bf16")
+    Trainer(config, CPU, log=lines.append).fit(build_model("cnn_tiny", 10, (1, 8, 8)),
+                                               build_method("natural", {}, THREAT), small_digits)
+    assert "speed options: channels_last, amp bf16" in lines
+    lines.clear()
+    Trainer(TrainingConfig(epochs=1, batch_size=64), CPU, log=lines.append).fit(
+        build_model("cnn_tiny", 10, (1, 8, 8)), build_method("natural", {}, THREAT), small_digits)
+    assert not any("speed options" in line for line in lines)
+
+
 def test_host_batches_equal_device_resident_data(small_digits, trained_cnn):
     resident = train(small_digits, trained_cnn)
     host = train(small_digits, trained_cnn, data_on_device=False, pin_memory=True)  # pinning is CUDA-only: ignored
