@@ -29,6 +29,8 @@ from rkbench.data import TensorDataset, load_dataset
 from rkbench.data.augment import augment
 from rkbench.methods import Batch
 from rkbench.models import build_model
+from rkbench.performance import Performance
+from rkbench.suite import TrainingConfig
 from rkbench.train import lr_factor
 
 DEFAULT_NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-slice.npz"
@@ -235,31 +237,42 @@ def timed_attacks(phases: Phases) -> Iterator[list[str]]:
 # the trainer's per-batch step
 
 
-def teacher_outputs(teacher: nn.Module, method, batch: Batch) -> None:
+def teacher_outputs(teacher: nn.Module, method, batch: Batch, performance: Performance | None = None) -> None:
     """The teacher forward as rkbench/train.py runs it: once per batch, no_grad, eval mode (the
-    trainer sets eval mode and requires_grad_(False) once before training)."""
+    trainer sets eval mode and requires_grad_(False) once before training), under the training
+    section's autocast, handed on in float32."""
     if teacher is None or not (method.uses_teacher or method.uses_teacher_features):
         return
-    with torch.no_grad():
+    with torch.no_grad(), (performance.autocast() if performance else contextlib.nullcontext()):
         if method.uses_teacher_features:
             from rkbench.train import teacher_forward_with_features
-            batch.teacher_logits, batch.teacher_features = teacher_forward_with_features(teacher, batch.x)
+            logits, features = teacher_forward_with_features(teacher, batch.x)
+            batch.teacher_features = features.float()
         else:
-            batch.teacher_logits = teacher(batch.x)
+            logits = teacher(batch.x)
+        batch.teacher_logits = logits.float()
+
+
+def training_config(options: dict, **fields) -> TrainingConfig:
+    """A suite training section for a bench: ``fields`` plus the ``--training KEY=VALUE`` options
+    (channels_last, amp, compile, deterministic ...), validated like a suite's."""
+    return TrainingConfig(**{**fields, **options})
 
 
 def trainer_step(student, method, teacher, optimizer, base_lrs, config, x_clean, y, data_augment, generator,
                  phases: Phases, step: int = 0, steps_per_epoch: int = 1, epochs: int = 1,
-                 augment_batch: bool = True) -> dict:
+                 augment_batch: bool = True, performance: Performance | None = None) -> dict:
     """One batch of rkbench's training loop (augment, teacher once, each replay: lr, loss, finite
-    check, zero_grad, backward, step, loss.item()); returns its wall times in seconds by part."""
+    check, zero_grad, backward, step, loss.item()); returns its wall times in seconds by part.
+    ``performance``: the training section's speed options (the models are placed by the caller)."""
+    performance = performance or Performance(torch.device("cpu"))
     attack_before = phases.attack_seconds
     started = time.perf_counter()
     x = augment(x_clean, data_augment, generator=generator) if augment_batch else x_clean
-    batch = Batch(x=x, y=y, teacher=teacher, epoch=0, epochs=epochs)
+    batch = Batch(x=performance.formatted(x), y=y, teacher=teacher, epoch=0, epochs=epochs)
     data_done = time.perf_counter()
     with phases.phase("teacher"):
-        teacher_outputs(teacher, method, batch)
+        teacher_outputs(teacher, method, batch, performance)
     teacher_done = time.perf_counter()
     finite = True
     with phases.phase("update"):
@@ -267,7 +280,8 @@ def trainer_step(student, method, teacher, optimizer, base_lrs, config, x_clean,
             factor = lr_factor(config.schedule, (step + replay) / steps_per_epoch, epochs)
             for group, base_lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base_lr * factor
-            loss = method.loss(student, batch)
+            with performance.autocast():
+                loss = method.loss(student, batch)
             finite = finite and bool(torch.isfinite(loss))  # the trainer raises here; the bench goes on
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

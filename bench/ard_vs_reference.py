@@ -40,6 +40,7 @@ Writes bench/results/ard_vs_reference.json. A benchmark, not a test.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -55,10 +56,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from _common import (DEFAULT_NPZ, RESULTS, Phases, Probe, build, load_data, machine, median_ms, parse_options,
-                     set_threads, timed_attacks, trainer_step)
+                     set_threads, timed_attacks, trainer_step, training_config)
 from rkbench.data.augment import augment
 from rkbench.methods import build_method, kl_divergence
-from rkbench.suite import OptimizerConfig, ScheduleConfig, TrainingConfig
+from rkbench.performance import Performance
+from rkbench.suite import OptimizerConfig, ScheduleConfig
 from rkbench.threat import ThreatModel
 from rkbench.train import Trainer, make_optimizer
 
@@ -113,8 +115,10 @@ def reference_optimizer(wrapper: nn.Module) -> torch.optim.Optimizer:
 
 
 def reference_step(wrapper: PGDWrapper, teacher: nn.Module, optimizer, inputs, targets, alpha: float,
-                   t: float) -> float:
+                   t: float, channels_last: bool = False) -> float:
     kl_loss, ce_loss = nn.KLDivLoss(), nn.CrossEntropyLoss()  # KLDivLoss(): reduction 'mean'
+    if channels_last:  # not in the official code: --ref-channels-last, to separate layout from structure
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
     optimizer.zero_grad()
     adv_logits, _ = wrapper(inputs, targets)
     teacher_logits = teacher(inputs)
@@ -127,12 +131,12 @@ def reference_step(wrapper: PGDWrapper, teacher: nn.Module, optimizer, inputs, t
 
 
 def reference_epoch(wrapper, teacher, optimizer, dataset, batch_size: int, workers: int, alpha: float,
-                    t: float) -> int:
+                    t: float, channels_last: bool = False) -> int:
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
     wrapper.train()
     batches = 0
     for inputs, targets in loader:
-        reference_step(wrapper, teacher, optimizer, inputs, targets, alpha, t)
+        reference_step(wrapper, teacher, optimizer, inputs, targets, alpha, t, channels_last)
         batches += 1
     return batches
 
@@ -181,6 +185,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="timed steps per side (interleaved)")
     parser.add_argument("--epoch-reps", type=int, default=1, help="timed epochs per side (interleaved)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--training", action="append", default=[], metavar="KEY=VALUE",
+                        help="rkbench's training-section speed options, e.g. channels_last=True (repeatable)")
+    parser.add_argument("--ref-channels-last", action="store_true",
+                        help="give the reference NHWC models and batches too (not in the official code)")
     parser.add_argument("--npz", type=Path, default=DEFAULT_NPZ, help="default: %(default)s (random data if absent)")
     parser.add_argument("--out", type=Path, default=RESULTS / "ard_vs_reference.json")
     args = parser.parse_args()
@@ -194,9 +202,12 @@ def main() -> None:
 
     threat = ThreatModel(eps="8/255", steps=args.steps, step_size="2/255")
     params = {"alpha": args.alpha, "t": args.t, "kl_reduction": "mean", "attack_mode": "train"}
-    config = TrainingConfig(epochs=1, batch_size=args.batch_size, device="cpu",
-                            optimizer=OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=WEIGHT_DECAY),
-                            schedule=ScheduleConfig(name="constant"))
+    config = training_config(parse_options(args.training), epochs=1, batch_size=args.batch_size, device="cpu",
+                             optimizer=OptimizerConfig(name="sgd", lr=0.1, momentum=0.9,
+                                                       weight_decay=WEIGHT_DECAY),
+                             schedule=ScheduleConfig(name="constant"))
+    performance = Performance.from_config(config, torch.device("cpu"))
+    ref_layout = torch.channels_last if args.ref_channels_last else torch.contiguous_format
 
     # same data: rkbench's tensors (npz dataset) and, from the very same uint8 pixels, the reference's HWC images
     data, data_label = load_data(args.npz, args.n_train)
@@ -211,6 +222,9 @@ def main() -> None:
     teacher = build(args.teacher, teacher_options)
     teacher.eval()
     teacher.requires_grad_(False)  # the trainer does this; the official code freezes the teacher's parameters
+    # each side its own copy of the teacher: a layout option of one side must not reach the other
+    rk_teacher = performance.place_model(copy.deepcopy(teacher))
+    ref_teacher = copy.deepcopy(teacher).to(memory_format=ref_layout)
 
     def fresh_student():
         student = build(args.student, student_options)
@@ -222,7 +236,8 @@ def main() -> None:
     print(f"ARD, student {args.student} {student_options} ({n_student / 1e6:.2f}M params) <- teacher {args.teacher} "
           f"{teacher_options} ({n_teacher / 1e6:.2f}M params); batch {args.batch_size}; attack {threat.steps} x "
           f"2/255 at 8/255; alpha {args.alpha}, t {args.t}; data {data_label}; torch threads {threads}; "
-          f"reference DataLoader workers {workers_list}; load average {load_before}")
+          f"reference DataLoader workers {workers_list}; rkbench training options {parse_options(args.training)}; "
+          f"reference channels_last {args.ref_channels_last}; load average {load_before}")
 
     # -- loss formulas agree (same logits) --------------------------------------------------------
     generator = torch.Generator().manual_seed(1)
@@ -234,20 +249,20 @@ def main() -> None:
     # -- per batch, compute only -----------------------------------------------------------------
     x_batch = augment(data.x_train[:args.batch_size], data.augment, generator=torch.Generator().manual_seed(0))
     y_batch = data.y_train[:args.batch_size]
-    rk_student = fresh_student()
+    rk_student = performance.place_model(fresh_student())
     rk_method = build_method("ard", params, threat, seed=0)
-    rk_method.prepare(rk_student, teacher)
+    rk_method.prepare(rk_student, rk_teacher)
     rk_optimizer = make_optimizer(rk_student, config)
     rk_base_lrs = [group["lr"] for group in rk_optimizer.param_groups]
     rk_student.train()
-    ref_student = fresh_student()
+    ref_student = fresh_student().to(memory_format=ref_layout)
     wrapper = PGDWrapper(ref_student, threat.eps, threat.step_size, threat.steps)
     ref_optimizer = reference_optimizer(wrapper)
     wrapper.train()
 
     phases = Phases()
-    probes = {"rkbench": (Probe(rk_student, phases), Probe(teacher, phases)),
-              "reference": (Probe(ref_student, phases), Probe(teacher, phases))}
+    probes = {"rkbench": (Probe(rk_student, phases), Probe(rk_teacher, phases)),
+              "reference": (Probe(ref_student, phases), Probe(ref_teacher, phases))}
     batch_times: dict[str, list[float]] = {"rkbench": [], "reference": []}
     passes: dict[str, dict] = {}
     aug_generator = torch.Generator().manual_seed(0)
@@ -257,17 +272,18 @@ def main() -> None:
         for probe in (p for pair in probes.values() for p in pair):
             probe.reset()
         if side == "rkbench":
-            torch.use_deterministic_algorithms(True, warn_only=True)  # the trainer's CPU setting
+            performance.apply_determinism()  # the trainer's setting (on CPU by default)
             with timed_attacks(phases):
-                parts = trainer_step(rk_student, rk_method, teacher, rk_optimizer, rk_base_lrs, config, x_batch,
-                                     y_batch, data.augment, aug_generator, phases, step=rep, augment_batch=False)
+                parts = trainer_step(rk_student, rk_method, rk_teacher, rk_optimizer, rk_base_lrs, config, x_batch,
+                                     y_batch, data.augment, aug_generator, phases, step=rep, augment_batch=False,
+                                     performance=performance)
             seconds = parts["total"]
         else:
             torch.use_deterministic_algorithms(False)
             started = time.perf_counter()
-            reference_step(wrapper, teacher, ref_optimizer, x_batch, y_batch, args.alpha, args.t)
+            reference_step(wrapper, ref_teacher, ref_optimizer, x_batch, y_batch, args.alpha, args.t,
+                           args.ref_channels_last)
             seconds = time.perf_counter() - started
-        # the teacher probe is shared: count only what ran in this side's step
         passes[side] = {"student_F": student_probe.total("F") + student_probe.total("F0"),
                         "student_B": student_probe.total("B"),
                         "teacher_F": teacher_probe.total("F") + teacher_probe.total("F0")}
@@ -291,7 +307,7 @@ def main() -> None:
     epoch_sides = ["rkbench"] + [f"reference/{w}w" for w in workers_list]
     epoch_times: dict[str, list[float]] = {side: [] for side in epoch_sides}
     epoch_batches: dict[str, int] = {}
-    rk_epoch_student, ref_epoch_student = fresh_student(), fresh_student()
+    rk_epoch_student, ref_epoch_student = fresh_student(), fresh_student().to(memory_format=ref_layout)
     ref_epoch_wrapper = PGDWrapper(ref_epoch_student, threat.eps, threat.step_size, threat.steps)
     ref_epoch_optimizer = reference_optimizer(ref_epoch_wrapper)
     for rep in range(args.epoch_reps):
@@ -300,7 +316,8 @@ def main() -> None:
             if side == "rkbench":
                 method = build_method("ard", params, threat, seed=rep)
                 started = time.perf_counter()  # the trainer turns deterministic algorithms on itself
-                result = Trainer(config, torch.device("cpu")).fit(rk_epoch_student, method, data, teacher, seed=rep)
+                result = Trainer(config, torch.device("cpu")).fit(rk_epoch_student, method, data, rk_teacher,
+                                                                  seed=rep)
                 epoch_times[side].append(time.perf_counter() - started)
                 epoch_batches[side] = result.steps
             else:
@@ -308,8 +325,9 @@ def main() -> None:
                 torch.use_deterministic_algorithms(False)
                 torch.manual_seed(rep)
                 started = time.perf_counter()
-                epoch_batches[side] = reference_epoch(ref_epoch_wrapper, teacher, ref_epoch_optimizer,
-                                                      reference_dataset, args.batch_size, workers, args.alpha, args.t)
+                epoch_batches[side] = reference_epoch(ref_epoch_wrapper, ref_teacher, ref_epoch_optimizer,
+                                                      reference_dataset, args.batch_size, workers, args.alpha, args.t,
+                                                      args.ref_channels_last)
                 epoch_times[side].append(time.perf_counter() - started)
             print(f"  epoch {rep + 1}/{args.epoch_reps} {side}: {epoch_times[side][-1]:.1f} s", flush=True)
     epoch_s = {side: median_ms(samples) / 1000 for side, samples in epoch_times.items()}
@@ -345,20 +363,23 @@ def main() -> None:
     load_after = machine()["loadavg_1_5_15"]
 
     print()
-    header = (f"{'':<16} {'S-F/S-B/T-F':>12} {'batch ms':>10} {'epoch s':>9} {'data-only s':>12} "
+    rk_label = "rkbench" + "".join(f" {k}={v}" for k, v in parse_options(args.training).items())
+    width = max(16, len(rk_label))
+    header = (f"{'':<{width}} {'S-F/S-B/T-F':>12} {'batch ms':>10} {'epoch s':>9} {'data-only s':>12} "
               f"{'overhead s':>11} {'full epoch s':>13}")
     print(header)
     print("-" * len(header))
     for side in epoch_sides:
         p = passes["rkbench" if side == "rkbench" else "reference"]
         counts = f"{p['student_F']}/{p['student_B']}/{p['teacher_F']}"
-        label = side if side == "rkbench" else f"reference {side.split('/')[1][:-1]}w"
-        print(f"{label:<16} {counts:>12} {compute_s[side] * 1000:>10.0f} {epoch_s[side]:>9.2f} "
+        label = (rk_label if side == "rkbench"
+                 else f"reference {side.split('/')[1][:-1]}w" + (" NHWC" if args.ref_channels_last else ""))
+        print(f"{label:<{width}} {counts:>12} {compute_s[side] * 1000:>10.0f} {epoch_s[side]:>9.2f} "
               f"{data_s[side]:>12.3f} {overhead_s[side]:>11.2f} {projected_s[side]:>13.0f}")
     for side in epoch_sides[1:]:
         r = ratios[side]
         label = f"ratio vs {side.split('/')[1][:-1]}w"
-        print(f"{label:<16} {'':>12} {batch_ratio:>10.3f} {r['epoch']:>9.3f} {r['data_only']:>12.3f} "
+        print(f"{label:<{width}} {'':>12} {batch_ratio:>10.3f} {r['epoch']:>9.3f} {r['data_only']:>12.3f} "
               f"{'':>11} {r['projected_full_epoch']:>13.3f}")
     print(f"per-batch ratio from the {len(paired)} back-to-back pairs: median {paired_ratio:.3f} "
           f"(range {min(paired):.3f}-{max(paired):.3f})")
@@ -385,7 +406,8 @@ def main() -> None:
                          "batch_size": args.batch_size, "n_train": args.n_train, "batches_per_epoch": n_batches,
                          "epoch_is_subset": True, "full_epoch_images": args.full_epoch, "data": data_label,
                          "threat": threat.model_dump(mode="json"), "ard_params": params,
-                         "reference_workers": workers_list, "threads": threads, "warmup": args.warmup,
+                         "reference_workers": workers_list, "reference_channels_last": args.ref_channels_last,
+                         "rkbench_training_options": parse_options(args.training), "threads": threads, "warmup": args.warmup,
                          "reps": args.reps, "epoch_reps": args.epoch_reps, "training": config.model_dump(mode="json")},
               "passes_per_batch": passes,
               "batch_ms": batch_ms, "batch_samples_s": batch_times, "batch_ratio": batch_ratio,

@@ -54,6 +54,7 @@ from _common import (DEFAULT_NPZ, RESULTS, Phases, Probe, build, load_data, mach
                      set_threads, timed_attacks, trainer_step)
 from rkbench.methods import METHODS, build_method, model_mode
 from rkbench.methods.adversarial import AdversarialMethod
+from rkbench.performance import Performance
 from rkbench.suite import TrainingConfig
 from rkbench.threat import ThreatModel
 from rkbench.train import make_optimizer
@@ -297,7 +298,6 @@ def main() -> None:
     args.student_options, args.teacher_options = parse_options(args.student_opt), parse_options(args.teacher_opt)
     threads = set_threads(args.threads)
     torch.manual_seed(0)
-    torch.use_deterministic_algorithms(True, warn_only=True)  # as the trainer does on CPU
     load_before = machine()["loadavg_1_5_15"]
 
     method_params: dict[str, dict] = {}
@@ -310,6 +310,7 @@ def main() -> None:
         METHODS.get(name)  # unknown names fail here, with the registry's list
     threat = ThreatModel(eps=args.eps, **({"steps": args.steps} if args.steps else {}))
     config = TrainingConfig(batch_size=args.batch_size, device="cpu")
+    Performance.from_config(config, torch.device("cpu")).apply_determinism()  # as the trainer does on CPU
 
     data, data_label = load_data(args.npz, args.batch_size)
     x, y = data.x_train[:args.batch_size], data.y_train[:args.batch_size]
