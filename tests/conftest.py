@@ -27,6 +27,16 @@ def tiny_suite_dict(**changes) -> dict:
     return suite
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``): one torch
+    thread is as fast for them, and far faster on a busy machine (no threads spinning per tiny op)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def digits():
     from rkbench.data import load_dataset

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from rkbench.attacks import Attack, build_attack, perturbation_norm
 from rkbench.errors import AttackError

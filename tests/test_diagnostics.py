@@ -12,14 +12,7 @@ from rkbench.threat import ThreatModel
 THREAT = ThreatModel(norm="linf", eps=0.1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one torch thread is as fast, and far faster on a busy machine (no spinning threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest.py)
 
 
 def linear(weight: torch.Tensor) -> nn.Module:

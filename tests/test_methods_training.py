@@ -14,13 +14,7 @@ THREAT = ThreatModel(eps=0.1, step_size=0.025, steps=3)
 NEW = ["fast_ard", "kdiga", "rrm", "trades", "free_at", "fgsm_rs", "rslad", "iad", "adaad"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Models this small run faster on one thread (no thread synchronization per tiny op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest.py)
 
 
 @pytest.fixture(scope="module")

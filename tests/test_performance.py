@@ -19,12 +19,7 @@ CPU = torch.device("cpu")
 ARD = {"t": 4, "attack_steps": 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 import json
 import math
 import re
-import shutil
 import statistics
 import subprocess
 import sys
