@@ -26,10 +26,19 @@ every machine unless it asks otherwise.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .errors import RkbenchError
+
+
+def cpu_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend would use, if any."""
+    return shutil.which(os.environ.get("CXX", "")) or shutil.which("g++") or shutil.which("clang++")
 
 
 @dataclass
@@ -77,7 +86,13 @@ class Performance:
 
     def runnable(self, model: nn.Module) -> nn.Module:
         """The module the step calls: the model, or its compiled wrapper (same parameters)."""
-        return torch.compile(model) if self.compile else model
+        if not self.compile:
+            return model
+        if self.device.type == "cpu" and not cpu_compiler():
+            # inductor fails only at the first step, deep in a traceback: say it here, in one line
+            raise RkbenchError("training.compile on the CPU needs a C++ compiler (g++ or clang++) on PATH, "
+                               "or set training.compile: false")
+        return torch.compile(model)
 
     # -- data ------------------------------------------------------------------------------------------
     def place_dataset(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,11 +3,12 @@ import pytest
 import torch
 
 from rkbench.data import TensorDataset
-from rkbench.errors import ConfigError
+from rkbench.errors import ConfigError, RkbenchError
 from rkbench.evaluate import evaluate
 from rkbench.attacks import build_attack
 from rkbench.methods import build_method
 from rkbench.models import build_model
+from rkbench.performance import cpu_compiler
 from rkbench.suite import TrainingConfig, expand, suite_from_dict
 from rkbench.threat import ThreatModel
 from rkbench.train import Trainer
@@ -123,6 +124,7 @@ def test_bf16_runs_the_step_under_autocast_and_evaluation_in_float32(small_digit
     assert spy.seen and not any(spy.seen)
 
 
+@pytest.mark.skipif(cpu_compiler() is None, reason="torch.compile on the CPU needs a C++ compiler")
 def test_compile_trains_like_eager_and_saves_plain_weights(small_digits, trained_cnn):
     from torch._dynamo.utils import counters
 
@@ -135,6 +137,13 @@ def test_compile_trains_like_eager_and_saves_plain_weights(small_digits, trained
     assert not any("_orig_mod" in key for key in state)
     for name, value in weights(eager.model).items():
         torch.testing.assert_close(state[name], value, rtol=1e-3, atol=1e-4)
+
+
+def test_compile_without_a_cpu_compiler_is_one_clear_error(small_digits, trained_cnn, monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(RkbenchError, match="training.compile on the CPU needs a C\\+\\+ compiler"):
+        train(small_digits, trained_cnn, epochs=1, compile=True)
 
 
 def test_cpu_training_is_deterministic_without_nan_filling(small_digits, trained_cnn):
