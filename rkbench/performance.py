@@ -17,6 +17,12 @@ every machine unless it asks otherwise.
   model's ``forward`` is compiled: a method that calls ``features`` (RRM) runs those eagerly.
 - ``data_on_device`` / ``pin_memory``: the whole training set as one tensor on the device (the
   default), or on the host with each batch gathered there and copied (pinned, non-blocking on CUDA).
+- ``malloc_tuning`` (on by default, CPU training under glibc): large tensors come from the heap
+  and freed memory stays in the process (``mallopt``: mmap and trim thresholds 1 GiB). By default
+  glibc maps every large tensor fresh from the kernel and unmaps it when freed, so each new
+  activation page-faults; on the 2-core CPU that made a MobileNetV2 forward + backward 1.4x slower
+  and TRADES' two-graph backward 2x slower (bench/README.md). Arithmetic and results are unchanged;
+  the process keeps its peak memory instead of returning it.
 - ``deterministic``: ``torch.use_deterministic_algorithms`` (a resumed run ends bit-equal). Torch's
   ``fill_uninitialized_memory`` is switched off with it: it NaN-fills every new tensor, a debugging
   aid for kernels that read memory they never wrote, paid as one more write of every new tensor.
@@ -36,6 +42,28 @@ from torch import nn
 from .errors import RkbenchError
 
 
+_MALLOC_TUNED = False
+
+
+def tune_malloc() -> bool:
+    """glibc only, once per process: serve large allocations from the heap and keep freed memory
+    (see the module docstring). Returns whether the tuning is in effect."""
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return True
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt): leave the allocator alone
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    _MALLOC_TUNED = bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 30))
+    return _MALLOC_TUNED
+
+
 def cpu_compiler() -> str | None:
     """The C++ compiler torch.compile's CPU backend would use, if any."""
     return shutil.which(os.environ.get("CXX", "")) or shutil.which("g++") or shutil.which("clang++")
@@ -50,12 +78,13 @@ class Performance:
     data_on_device: bool = True
     pin_memory: bool = False
     deterministic: bool | None = None  # None: on for CPU, off for CUDA
+    malloc_tuning: bool = True  # CPU only
 
     @classmethod
     def from_config(cls, config, device: torch.device) -> "Performance":
         return cls(device, amp=config.amp, channels_last=config.channels_last, compile=config.compile,
                    data_on_device=config.data_on_device, pin_memory=config.pin_memory,
-                   deterministic=config.deterministic)
+                   deterministic=config.deterministic, malloc_tuning=config.malloc_tuning)
 
     def describe(self) -> str:
         """The options that are on, for a run's log ("" when all are at their defaults)."""
@@ -63,9 +92,15 @@ class Performance:
         on += [f"amp {self.amp}"] if self.amp != "off" else []
         on += ["host batches" + (" (pinned)" if self.pin_memory else "")] if not self.data_on_device else []
         on += [f"deterministic {self.deterministic}"] if self.deterministic is not None else []
+        on += ["malloc_tuning off"] if not self.malloc_tuning and self.device.type == "cpu" else []
         return ", ".join(on)
 
     # -- process-wide switches --------------------------------------------------------------------
+    def apply_process_settings(self) -> None:
+        self.apply_determinism()
+        if self.malloc_tuning and self.device.type == "cpu":
+            tune_malloc()
+
     def apply_determinism(self) -> None:
         wanted = self.device.type == "cpu" if self.deterministic is None else self.deterministic
         if wanted:

@@ -72,11 +72,13 @@ class TrainingConfig(Strict):
     pin_memory: bool = Field(False, description="with data_on_device off: pinned host batches, "
                                                 "non-blocking copies (CUDA)")
     deterministic: bool | None = Field(None, description="torch deterministic algorithms (default: on for CPU)")
+    malloc_tuning: bool = Field(True, description="CPU, glibc: large tensors from the heap, freed memory kept "
+                                                  "(no page fault per activation)")
 
     # fields that change how fast a run trains, never what it trains
     SPEED_ONLY: typing.ClassVar[frozenset] = frozenset(
         {"device", "threads", "share_teacher", "channels_last", "compile", "data_on_device", "pin_memory",
-         "deterministic"})
+         "deterministic", "malloc_tuning"})
 
     @field_validator("amp", mode="before")
     @classmethod

@@ -172,8 +172,9 @@ class Trainer:
         first = jobs[0]
         seed, replays, holdout = self.lockstep_key(first.method, first.seed)
         performance = Performance.from_config(config, device)
-        # deterministic on CPU by default: a resumed run then ends with the same weights as an uninterrupted one
-        performance.apply_determinism()
+        # deterministic on CPU by default (a resumed run then ends with the same weights as an
+        # uninterrupted one); on CPU, glibc's allocator tuned so that activations stop page-faulting
+        performance.apply_process_settings()
         runnable_teacher = None
         if teacher is not None:
             performance.place_model(teacher).eval()

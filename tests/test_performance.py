@@ -1,4 +1,6 @@
 """The training section's speed options: same results where they promise it, bf16 only in the step."""
+import platform
+
 import pytest
 import torch
 
@@ -152,6 +154,24 @@ def test_cpu_training_is_deterministic_without_nan_filling(small_digits, trained
     assert torch.utils.deterministic.fill_uninitialized_memory is False
 
 
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_cpu_training_tunes_glibc_malloc_and_trains_the_same_student(small_digits, trained_cnn, monkeypatch):
+    import rkbench.performance as performance
+
+    calls = []
+    monkeypatch.setattr(performance, "tune_malloc", lambda: calls.append(1) or True)
+    untuned = train(small_digits, trained_cnn, epochs=1, malloc_tuning=False)
+    assert calls == []
+    tuned = train(small_digits, trained_cnn, epochs=1)
+    assert calls == [1]
+    monkeypatch.undo()
+    assert performance.tune_malloc() is True and performance.tune_malloc() is True  # real mallopt, idempotent
+    again = train(small_digits, trained_cnn, epochs=1)
+    assert tuned.losses == untuned.losses == again.losses  # the allocator changes no arithmetic
+    for name, value in weights(untuned.model).items():
+        assert torch.equal(weights(again.model)[name], value)
+
+
 def test_only_amp_enters_a_runs_identity():
     def run_ids(**training):
         suite = suite_from_dict(tiny_suite_dict(training={"epochs": 1, **training}))
@@ -159,7 +179,7 @@ def test_only_amp_enters_a_runs_identity():
 
     plain = run_ids()
     assert run_ids(channels_last=True, compile=True, data_on_device=False, pin_memory=True,
-                   deterministic=False) == plain
+                   deterministic=False, malloc_tuning=False) == plain
     assert run_ids(amp="off") == plain
     assert set(run_ids(amp="bf16")).isdisjoint(plain)
     assert "amp" not in TrainingConfig().for_identity()  # ids from before these options stay valid
