@@ -108,7 +108,7 @@ def main() -> None:
     for rep in range(args.warmup + args.reps):
         for name in (names if rep % 2 == 0 else list(reversed(names))):
             side = sides[name]
-            side["performance"].apply_determinism()
+            side["performance"].apply_process_settings()
             sync()
             started = time.perf_counter()
             parts = trainer_step(side["runnable"], side["method"], side["teacher"], side["optimizer"],

@@ -29,7 +29,8 @@ attack_mode 'train', 10 x 2/255 at 8/255, SGD weight decay 2e-4, constant schedu
 Known departures of rkbench's ARD, at equal loss: it skips the zero-weighted clean forward
 (so BatchNorm running statistics move once less per batch) and clips the random start to [0, 1].
 Each side runs with its own torch.use_deterministic_algorithms setting (the trainer turns it on
-on CPU; the reference leaves it off).
+on CPU; the reference leaves it off). The trainer's glibc allocator tuning (malloc_tuning) is
+process-wide: from the first warm-up step on, both sides run with it.
 
     python bench/ard_vs_reference.py                          # full size: MobileNetV2 <- ResNet-18
     python bench/ard_vs_reference.py --threads 1 --student-opt width_mult=0.5 \\
@@ -272,7 +273,7 @@ def main() -> None:
         for probe in (p for pair in probes.values() for p in pair):
             probe.reset()
         if side == "rkbench":
-            performance.apply_determinism()  # the trainer's setting (on CPU by default)
+            performance.apply_process_settings()  # the trainer's setting (on CPU by default)
             with timed_attacks(phases):
                 parts = trainer_step(rk_student, rk_method, rk_teacher, rk_optimizer, rk_base_lrs, config, x_batch,
                                      y_batch, data.augment, aug_generator, phases, step=rep, augment_batch=False,

@@ -310,7 +310,7 @@ def main() -> None:
         METHODS.get(name)  # unknown names fail here, with the registry's list
     threat = ThreatModel(eps=args.eps, **({"steps": args.steps} if args.steps else {}))
     config = TrainingConfig(batch_size=args.batch_size, device="cpu")
-    Performance.from_config(config, torch.device("cpu")).apply_determinism()  # as the trainer does on CPU
+    Performance.from_config(config, torch.device("cpu")).apply_process_settings()  # as the trainer does on CPU
 
     data, data_label = load_data(args.npz, args.batch_size)
     x, y = data.x_train[:args.batch_size], data.y_train[:args.batch_size]

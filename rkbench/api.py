@@ -28,6 +28,7 @@ from .data import DATASETS, TensorDataset, load_dataset
 from .errors import ConfigError, RkbenchError
 from .evaluate import CLEAN, EvalResult, evaluate as run_evaluation, load_per_example, reusable_previous, save_per_example
 from .models import build_model
+from .performance import tune_malloc
 from .suite import AttackSpec, EvaluationConfig, validate_options
 from .teachers import TEACHER_SOURCES, TeacherContext
 from .threat import ThreatModel
@@ -133,6 +134,8 @@ def evaluate(model: nn.Module | str, dataset: str | TensorDataset = "digits", at
                                         f"attack {spec.label}").model_dump(mode="json")
         configs[spec.label] = {"name": spec.name, **spec.options}
     torch_device = resolve_device(device)
+    if torch_device.type == "cpu":
+        tune_malloc()  # attacks on the CPU page-fault on every activation otherwise (rkbench/performance.py)
     data, data_identity = dataset_from_spec(dataset)
     if isinstance(model, str):
         model = model_from_spec(model, data, threat, torch_device)
