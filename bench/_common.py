@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import functools
+import json
 import os
 import platform
 import statistics
@@ -83,6 +84,13 @@ def load_data(npz: Path | None, n_train: int, seed: int = 0) -> tuple[TensorData
 
 def build(name: str, options: dict, num_classes: int = 10, input_shape=(3, 32, 32)) -> nn.Module:
     return build_model(name, num_classes, input_shape, **options)
+
+
+def write_result(path: Path, result: dict) -> None:
+    """A benchmark's JSON, written where --out says, and the line that says so."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
 
 
 def median_ms(samples: list[float]) -> float:

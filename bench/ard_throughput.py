@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from pathlib import Path
 import torch
 
 from _common import (DEFAULT_NPZ, RESULTS, Phases, build, load_data, machine, parse_options, set_threads,
-                     trainer_step, training_config)
+                     trainer_step, training_config, write_result)
 from rkbench.methods import build_method
 from rkbench.performance import Performance
 from rkbench.threat import ThreatModel
@@ -146,9 +145,7 @@ def main() -> None:
                          "ard_params": params, "warmup": args.warmup, "reps": args.reps, "threads": threads,
                          "data": data_label},
               "rows": rows}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_result(out, result)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 import warnings
@@ -57,7 +56,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from _common import (DEFAULT_NPZ, RESULTS, Phases, Probe, build, load_data, machine, median_ms, parse_options,
-                     set_threads, timed_attacks, trainer_step, training_config)
+                     set_threads, timed_attacks, trainer_step, training_config, write_result)
 from rkbench.data.augment import augment
 from rkbench.methods import build_method, kl_divergence
 from rkbench.performance import Performance
@@ -418,9 +417,7 @@ def main() -> None:
               "ratios_vs_reference": ratios, "epoch_ratio_official_workers": epoch_ratio,
               "goal_epoch_ratio": 0.8, "goal_met_subset_epoch": epoch_ratio <= 0.8,
               "goal_met_projected_full_epoch": projected <= 0.8, "loss_formula_max_abs_diff": loss_formula_diff}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

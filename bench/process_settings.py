@@ -92,7 +92,7 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    from _common import machine
+    from _common import machine, write_result
 
     load_before = machine()["loadavg_1_5_15"]
     samples = {name: {p: [] for p in PASSES} for name in SETTINGS}
@@ -124,9 +124,7 @@ def main() -> None:
               "config": {"model": args.model, "model_opt": args.model_opt, "batch_size": args.batch_size,
                          "reps": args.reps, "rounds": args.rounds, "threads": args.threads},
               "rows": rows, "samples_s": samples}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -26,14 +26,14 @@ Writes bench/results/shared_teacher.json. A benchmark, not a test.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from _common import DEFAULT_NPZ, RESULTS, build, load_data, machine, parse_options, set_threads, training_config
+from _common import (DEFAULT_NPZ, RESULTS, build, load_data, machine, parse_options, set_threads, training_config,
+                     write_result)
 from rkbench.methods import build_method
 from rkbench.threat import ThreatModel
 from rkbench.train import Trainer, TrainJob
@@ -166,9 +166,7 @@ def main() -> None:
                          "batches": batches, "attack_steps": args.steps, "reps": args.reps, "threads": threads,
                          "data": data_label, "training": config.model_dump(mode="json")},
               "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ Writes bench/results/step_efficiency.json. A benchmark, not a test.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from typing import Callable
@@ -51,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from _common import (DEFAULT_NPZ, RESULTS, Phases, Probe, build, load_data, machine, median_ms, parse_options,
-                     set_threads, timed_attacks, trainer_step)
+                     set_threads, timed_attacks, trainer_step, write_result)
 from rkbench.methods import METHODS, build_method, model_mode
 from rkbench.methods.adversarial import AdversarialMethod
 from rkbench.performance import Performance
@@ -389,9 +388,7 @@ def main() -> None:
               "single_pass_ms": unit,
               "single_pass_samples_ms": {k: [round(1000 * v, 2) for v in s] for k, s in prims.samples.items()},
               "methods": rows, "notes": notes}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
