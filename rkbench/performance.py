@@ -1,11 +1,13 @@
 """How the training loop runs fast, without changing what it computes (except ``amp``).
 
 The suite's training section names the options (``amp``, ``channels_last``, ``compile``,
-``data_on_device``, ``pin_memory``, ``deterministic``); ``Performance`` turns them into the few
-operations the trainer needs: where the training tensors live, how a batch reaches the device, the
-autocast context around a step, the memory format of models and batches, and the module a method
-calls. All are off by default (``deterministic`` is on for CPU), so a suite trains the same way on
-every machine unless it asks otherwise.
+``data_on_device``, ``pin_memory``, ``deterministic``, ``malloc_tuning``); ``Performance`` turns
+them into the few operations the trainer needs: where the training tensors live, how a batch
+reaches the device, the autocast context around a step, the memory format of models and batches,
+the module a method calls, and the process-wide CPU settings. The GPU-minded options
+(``channels_last``, ``amp``, ``compile``, host batches) are off by default; the data stays on the
+device, and CPU training runs deterministic with the allocator tuned; none of the defaults changes
+what is computed.
 
 - ``channels_last``: NHWC tensors for 4-d inputs and conv weights. Same arithmetic, another memory
   order; oneDNN and cuDNN run convolutions (depthwise ones above all) much faster in it.
@@ -27,7 +29,9 @@ every machine unless it asks otherwise.
   ``fill_uninitialized_memory`` is switched off with it: it NaN-fills every new tensor, a debugging
   aid for kernels that read memory they never wrote, paid as one more write of every new tensor.
   Without it the digits suite's leaderboard is the same to the last digit; on the 2-core CPU its
-  cost was within noise (``bench/determinism_cost.py``).
+  cost varied from nothing to 29 % of a pass pair between runs (``bench/process_settings.py``).
+  ``deterministic: null`` turns the mode on for CPU and leaves CUDA as torch has it; ``true`` and
+  ``false`` set it either way.
 """
 from __future__ import annotations
 
@@ -102,9 +106,11 @@ class Performance:
             tune_malloc()
 
     def apply_determinism(self) -> None:
+        if self.deterministic is None and self.device.type != "cpu":
+            return  # CUDA by default: as torch (or the user's own code) has it
         wanted = self.device.type == "cpu" if self.deterministic is None else self.deterministic
+        torch.use_deterministic_algorithms(wanted, warn_only=True)
         if wanted:
-            torch.use_deterministic_algorithms(True, warn_only=True)
             torch.utils.deterministic.fill_uninitialized_memory = False
 
     # -- models --------------------------------------------------------------------------------------
@@ -133,16 +139,19 @@ class Performance:
     def place_dataset(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.data_on_device:
             return x.to(self.device), y.to(self.device)
-        if self.pin_memory and self.device.type == "cuda":
-            return x.pin_memory(), y.pin_memory()
-        return x, y
+        return x, y  # on the host; each gathered batch is pinned in transfer()
 
     def index_device(self) -> torch.device:
         return self.device if self.data_on_device else torch.device("cpu")
 
     def transfer(self, t: torch.Tensor) -> torch.Tensor:
-        """A gathered batch (inputs or labels) onto the device."""
-        return t if t.device == self.device else t.to(self.device, non_blocking=self.pin_memory)
+        """A gathered batch (inputs or labels) onto the device. Gathering makes a new, unpinned
+        tensor, so the batch itself is pinned: only a copy from pinned memory is non-blocking."""
+        if t.device == self.device:
+            return t
+        if self.pin_memory and self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
 
     def formatted(self, x: torch.Tensor) -> torch.Tensor:
         """A batch in the models' memory format."""

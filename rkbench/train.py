@@ -165,16 +165,26 @@ class Trainer:
         teacher's outputs are computed once per batch for all of them. The results equal those of
         separate runs with the same seed (each job keeps its own model, optimizer, method RNG and
         checkpoint). A job that raises is recorded in ``job.error`` and the others go on."""
-        config, device = self.config, self.device
         keys = {self.lockstep_key(job.method, job.seed) for job in jobs}
         if len(keys) != 1:
             raise ValueError(f"jobs trained in lock-step need one seed, replay count and hold-out; got {keys}")
-        first = jobs[0]
-        seed, replays, holdout = self.lockstep_key(first.method, first.seed)
-        performance = Performance.from_config(config, device)
+        performance = Performance.from_config(self.config, self.device)
         # deterministic on CPU by default (a resumed run then ends with the same weights as an
         # uninterrupted one); on CPU, glibc's allocator tuned so that activations stop page-faulting
         performance.apply_process_settings()
+        try:
+            return self._fit_many(jobs, data, teacher, performance)
+        finally:  # the teacher is shared with later runs and evaluations: always back to the default layout
+            if teacher is not None:
+                performance.release_model(teacher)
+            for job in jobs:
+                performance.release_model(job.student)
+
+    def _fit_many(self, jobs: list[TrainJob], data: TensorDataset, teacher: nn.Module | None,
+                  performance: Performance) -> list[TrainJob]:
+        config, device = self.config, self.device
+        first = jobs[0]
+        seed, replays, holdout = self.lockstep_key(first.method, first.seed)
         runnable_teacher = None
         if teacher is not None:
             performance.place_model(teacher).eval()
@@ -253,11 +263,9 @@ class Trainer:
                 state.save(epoch, device, data_generator)
                 if job.on_epoch:
                     job.on_epoch(epoch + 1, epochs, state.losses[-1])
-        if teacher is not None:
-            performance.release_model(teacher)
         for state in states:
             job = state.job
-            performance.release_model(job.student)
+            performance.release_model(job.student)  # before finish(): methods may copy weights there
             if job.error is None:
                 job.method.finish(job.student)
                 job.student.eval()
