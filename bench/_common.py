@@ -33,6 +33,7 @@ from rkbench.models import build_model
 from rkbench.performance import Performance
 from rkbench.suite import TrainingConfig
 from rkbench.train import lr_factor
+from rkbench.train import teacher_outputs as train_teacher_outputs
 
 DEFAULT_NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-slice.npz"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -245,20 +246,12 @@ def timed_attacks(phases: Phases) -> Iterator[list[str]]:
 # the trainer's per-batch step
 
 
-def teacher_outputs(teacher: nn.Module, method, batch: Batch, performance: Performance | None = None) -> None:
-    """The teacher forward as rkbench/train.py runs it: once per batch, no_grad, eval mode (the
-    trainer sets eval mode and requires_grad_(False) once before training), under the training
-    section's autocast, handed on in float32."""
+def teacher_outputs(teacher: nn.Module, method, batch: Batch, performance: Performance) -> None:
+    """The teacher forward as rkbench/train.py runs it (its own ``teacher_outputs``): once per batch,
+    no_grad, eval mode (the trainer sets eval mode and requires_grad_(False) once before training)."""
     if teacher is None or not (method.uses_teacher or method.uses_teacher_features):
         return
-    with torch.no_grad(), (performance.autocast() if performance else contextlib.nullcontext()):
-        if method.uses_teacher_features:
-            from rkbench.train import teacher_forward_with_features
-            logits, features = teacher_forward_with_features(teacher, batch.x)
-            batch.teacher_features = features.float()
-        else:
-            logits = teacher(batch.x)
-        batch.teacher_logits = logits.float()
+    train_teacher_outputs(teacher, batch, method.uses_teacher_features, performance)
 
 
 def training_config(options: dict, **fields) -> TrainingConfig:

@@ -232,13 +232,7 @@ class Trainer:
                 batch = Batch(x=x, y=y, teacher=runnable_teacher, epoch=epoch, epochs=epochs)
                 if needs_logits or needs_features:
                     # computed once per batch, shared by every replay, loss term and student
-                    with torch.no_grad(), performance.autocast():
-                        if needs_features:
-                            logits, features = teacher_forward_with_features(runnable_teacher, x)
-                            batch.teacher_features = features.float()
-                        else:
-                            logits = runnable_teacher(x)
-                        batch.teacher_logits = logits.float()
+                    teacher_outputs(runnable_teacher, batch, needs_features, performance)
                 running = [s for s in active if s.job.error is None]
                 shared = (time.perf_counter() - shared_started) / max(len(running), 1)
                 for state in running:
@@ -288,6 +282,18 @@ class Trainer:
             optimizer.step()
             state.loss_sum += loss.item()
             state.loss_count += 1
+
+
+def teacher_outputs(teacher: nn.Module, batch: Batch, with_features: bool, performance: Performance) -> None:
+    """The batch's teacher logits (and penultimate features), once, under no_grad and the training
+    section's autocast, handed on in float32."""
+    with torch.no_grad(), performance.autocast():
+        if with_features:
+            logits, features = teacher_forward_with_features(teacher, batch.x)
+            batch.teacher_features = features.float()
+        else:
+            logits = teacher(batch.x)
+        batch.teacher_logits = logits.float()
 
 
 def teacher_forward_with_features(teacher: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
