@@ -217,21 +217,27 @@ class SuiteRunner:
 
         share_teacher = self.suite.training.share_teacher if share_teacher is None else share_teacher
         outcomes: dict[str, RunOutcome] = {}
-        groups: dict[tuple, list[_Pending]] = {}
+        # plan the groups first, then build each group's students only when it trains: one group's
+        # models in memory at a time, and each seeded right before its own training
+        groups: dict[tuple, list[RunSpec]] = {}
         for run in runs:
             skipped = self.skip(run)
             if skipped is not None:
                 outcomes[run.run_id] = skipped
                 continue
             try:
-                pending = self._start(run)
+                key = self._lockstep_key(run) if share_teacher and run.teacher else ("alone", run.run_id)
             except Exception as exc:  # recorded, reported, the suite goes on
                 outcomes[run.run_id] = self._fail(run, exc)
                 continue
-            fresh = not pending.reuse and not (pending.directory / store.CHECKPOINT).exists()
-            key = (self._lockstep_key(pending) if share_teacher and fresh and run.teacher else ("alone", run.run_id))
-            groups.setdefault(key, []).append(pending)
-        for group in groups.values():
+            groups.setdefault(key, []).append(run)
+        for group_runs in groups.values():
+            group = []
+            for run in group_runs:
+                try:
+                    group.append(self._start(run))
+                except Exception as exc:  # recorded, reported, the suite goes on
+                    outcomes[run.run_id] = self._fail(run, exc)
             self._train_group([p for p in group if not p.reuse])
             for pending in group:
                 run = pending.run
@@ -241,12 +247,22 @@ class SuiteRunner:
                     write_leaderboard(self.results_dir)
         return [outcomes[run.run_id] for run in runs]
 
-    def _lockstep_key(self, pending: "_Pending") -> tuple:
+    @staticmethod
+    def _reusable(directory: Path, metrics: dict | None) -> bool:
+        """A finished run whose weights are on disk: evaluated again if needed, never retrained."""
+        return metrics is not None and metrics.get("status") == "finished" and (directory / store.STUDENT).is_file()
+
+    def _lockstep_key(self, run: RunSpec) -> tuple:
+        """Fresh runs with equal keys train in lock-step; a run to reuse or resume trains alone."""
         import json
 
-        run = pending.run
+        directory = store.run_dir(self.results_dir, run.run_id)
+        if self._reusable(directory, load_metrics_file(directory / store.METRICS)) \
+                or (directory / store.CHECKPOINT).exists():
+            return ("alone", run.run_id)
+        method = build_method(run.method.method, run.method.params, self.suite.threat, run.seed)
         return (run.teacher.teacher_id, json.dumps(run.training.for_lockstep(), sort_keys=True),
-                *Trainer.lockstep_key(pending.method, run.seed))
+                *Trainer.lockstep_key(method, run.seed))
 
     def _start(self, run: RunSpec) -> "_Pending":
         directory = store.run_dir(self.results_dir, run.run_id)
@@ -256,7 +272,7 @@ class SuiteRunner:
         store.write_json(directory / store.CONFIG, {**run.describe(), "identity": run.identity(),
                                                     "suite": self.suite.name})
         weights = directory / store.STUDENT
-        reuse = metrics is not None and metrics.get("status") == "finished" and weights.is_file()
+        reuse = self._reusable(directory, metrics)
         # the teacher before the seed: loading it (fresh process, worker, job) must not move the
         # random stream the student's initialization and training draw from
         teacher = self.teacher(run.teacher) if run.teacher and not reuse else None
