@@ -249,7 +249,7 @@ def timed_attacks(phases: Phases) -> Iterator[list[str]]:
 def teacher_outputs(teacher: nn.Module, method, batch: Batch, performance: Performance) -> None:
     """The teacher forward as rkbench/train.py runs it (its own ``teacher_outputs``): once per batch,
     no_grad, eval mode (the trainer sets eval mode and requires_grad_(False) once before training)."""
-    if teacher is None or not (method.uses_teacher or method.uses_teacher_features):
+    if teacher is None or not (method.needs_teacher_logits or method.uses_teacher_features):
         return
     train_teacher_outputs(teacher, batch, method.uses_teacher_features, performance)
 

@@ -211,7 +211,7 @@ class Trainer:
         start_epoch = min(state.start_epoch for state in states)
         if any(state.start_epoch != start_epoch for state in states):
             raise ValueError("jobs trained in lock-step must resume from the same epoch")
-        needs_logits = teacher is not None and any(j.method.uses_teacher for j in jobs)
+        needs_logits = teacher is not None and any(j.method.needs_teacher_logits for j in jobs)
         needs_features = teacher is not None and any(j.method.uses_teacher_features for j in jobs)
 
         x_train, y_train = performance.place_dataset(x_train, y_train)

@@ -161,3 +161,35 @@ def test_fgsm_rs_early_stop_restores_the_weights_before_the_collapse(small_digit
     fresh = build_method("fgsm_rs", {"early_stop": True}, THREAT)
     assert fresh.end_epoch(student(), 0, (x, y)) is False and fresh.previous_weights is not None
     assert build_method("fgsm_rs", {}, THREAT).holdout == 0  # off by default, as the official script
+
+
+class CountingTeacher(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.model(x)
+
+    def forward_with_features(self, x):
+        self.calls += 1
+        return self.model.forward_with_features(x)
+
+
+@pytest.mark.parametrize("name, reads, ignores", [("adaad", {"alpha": 0.5}, {"alpha": 1.0}),
+                                                  ("kdiga", None, {})])
+def test_the_trainer_runs_the_clean_teacher_pass_only_for_methods_that_read_it(small_digits, teacher, name, reads,
+                                                                              ignores, monkeypatch):
+    def teacher_calls(params, force_logits=False):
+        counting = CountingTeacher(teacher)
+        method = build_method(name, params, THREAT)
+        if force_logits:
+            monkeypatch.setattr(type(method), "needs_teacher_logits", True)
+        result = Trainer(config(1), torch.device("cpu")).fit(student(), method, small_digits, teacher=counting)
+        monkeypatch.undo()
+        return counting.calls, result.steps
+
+    ignored, steps = teacher_calls(ignores)
+    read, _ = teacher_calls(ignores, force_logits=True) if reads is None else teacher_calls(reads)
+    assert read - ignored == steps  # exactly one clean teacher pass per batch, and only when the loss reads it

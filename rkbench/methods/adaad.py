@@ -38,6 +38,10 @@ class AdaAD(AdversarialMethod):
     Params = AdaADParams
     uses_teacher = True
 
+    @property
+    def needs_teacher_logits(self) -> bool:
+        return self.params.alpha < 1  # only the clean term reads them; the adversarial one queries the teacher
+
     def loss(self, student, batch):
         p, teacher = self.params, batch.teacher
         x_adv = self.craft_kl(student, batch.x, teacher=teacher)

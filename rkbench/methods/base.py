@@ -35,10 +35,16 @@ class Batch:
 
 class Method:
     Params: type[MethodParams] = MethodParams
-    uses_teacher: bool = False  # the trainer then fills Batch.teacher_logits
+    uses_teacher: bool = False  # needs a teacher; the trainer fills Batch.teacher_logits (see below)
     uses_teacher_features: bool = False  # ... and Batch.teacher_features
     replays: int = 1  # the "free" family replays each batch m times (epochs are divided by m)
     holdout: int = 0  # training examples the trainer withholds from training and hands to end_epoch
+
+    @property
+    def needs_teacher_logits(self) -> bool:
+        """Whether the loss reads ``Batch.teacher_logits``: only then does the trainer run the teacher
+        on the clean batch (a method that queries the teacher itself, on other inputs, says False)."""
+        return self.uses_teacher
 
     def __init__(self, params: MethodParams, threat: ThreatModel, seed: int = 0):
         self.params = params

@@ -51,6 +51,7 @@ class KDIGA(Method):
 
     Params = KDIGAParams
     uses_teacher = True
+    needs_teacher_logits = False  # the loss runs the teacher itself, with input gradients
 
     def loss(self, student, batch):
         p, x, y = self.params, batch.x, batch.y
