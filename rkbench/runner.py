@@ -14,7 +14,6 @@ import torch
 from . import store
 from .attacks import build_attack
 from .data import TensorDataset, load_dataset
-from .errors import RkbenchError
 from .evaluate import CLEAN, EvalResult, evaluate, reusable_previous, save_per_example
 from .methods import build_method
 from .models import build_model, count_parameters
@@ -95,11 +94,13 @@ class SuiteRunner:
         return self._data
 
     def eval_split(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.suite.evaluation.n_examples
-        x, y = self.data.x_test, self.data.y_test
-        if n is not None:
-            x, y = x[:n], y[:n]
-        return x.to(self.device), y.to(self.device)
+        n = self.eval_count()
+        return self.data.x_test[:n].to(self.device), self.data.y_test[:n].to(self.device)
+
+    def eval_count(self) -> int:
+        """How many test examples the evaluation uses (without copying them anywhere)."""
+        n, available = self.suite.evaluation.n_examples, self.data.x_test.shape[0]
+        return available if n is None else min(n, available)
 
     def attacks(self) -> dict:
         return {a.label: build_attack(a.name, self.suite.threat, **a.options) for a in self.suite.evaluation.attacks}
@@ -115,7 +116,7 @@ class SuiteRunner:
     def evaluate_model(self, model, directory: Path, title: str) -> EvalResult:
         x, y = self.eval_split()
         evaluation = self.suite.evaluation
-        previous = reusable_previous(directory / store.PER_EXAMPLE, load_metrics_file(directory / store.METRICS),
+        previous = reusable_previous(directory / store.PER_EXAMPLE, store.read_json_or_none(directory / store.METRICS),
                                      self.suite.threat.model_dump(mode="json"), self.attack_configs())
         result = evaluate(model.to(self.device), x, y, self.attacks(), evaluation.batch_size, previous=previous,
                           exact=[a.label for a in evaluation.attacks if a.exact], cascade=evaluation.cascade,
@@ -125,7 +126,7 @@ class SuiteRunner:
 
     def evaluation_current(self, metrics: dict | None) -> bool:
         """Whether recorded metrics already hold this suite's evaluation (same attacks, threat, examples)."""
-        if not metrics or metrics.get("n_examples") != self.eval_split()[0].shape[0]:
+        if not metrics or metrics.get("n_examples") != self.eval_count():
             return False
         recorded = metrics.get("attacks", {})
         exact = {a.label for a in self.suite.evaluation.attacks if a.exact or not self.suite.evaluation.cascade}
@@ -182,7 +183,7 @@ class SuiteRunner:
         model = model.to(self.device).eval()
         model.requires_grad_(False)
         metrics_path = directory / store.METRICS
-        cached = load_metrics_file(metrics_path)
+        cached = store.read_json_or_none(metrics_path)
         if not self.evaluation_current(cached):
             torch.manual_seed(0)  # attacks that draw from torch's global stream: same in every process
             result = self.evaluate_model(model, directory, f"teacher {plan.spec.name}")
@@ -197,7 +198,7 @@ class SuiteRunner:
     # -- student runs -------------------------------------------------------------------------
     def skip(self, run: RunSpec) -> RunOutcome | None:
         """The outcome of a run with nothing left to do (finished, or failed and not retried)."""
-        metrics = load_metrics_file(store.run_dir(self.results_dir, run.run_id) / store.METRICS)
+        metrics = store.read_json_or_none(store.run_dir(self.results_dir, run.run_id) / store.METRICS)
         if metrics is not None:
             if metrics.get("status") == "failed" and not self.retry_failed:
                 return RunOutcome(run, "failed", metrics.get("error"))
@@ -257,7 +258,7 @@ class SuiteRunner:
         import json
 
         directory = store.run_dir(self.results_dir, run.run_id)
-        if self._reusable(directory, load_metrics_file(directory / store.METRICS)) \
+        if self._reusable(directory, store.read_json_or_none(directory / store.METRICS)) \
                 or (directory / store.CHECKPOINT).exists():
             return ("alone", run.run_id)
         method = build_method(run.method.method, run.method.params, self.suite.threat, run.seed)
@@ -266,7 +267,7 @@ class SuiteRunner:
 
     def _start(self, run: RunSpec) -> "_Pending":
         directory = store.run_dir(self.results_dir, run.run_id)
-        metrics = load_metrics_file(directory / store.METRICS)
+        metrics = store.read_json_or_none(directory / store.METRICS)
         store.remove_stale_temporaries(directory)  # left by a process killed mid-write
         title = f"{run.student.name} <- {run.method.label}" + (f" ({run.teacher.spec.name})" if run.teacher else "")
         store.write_json(directory / store.CONFIG, {**run.describe(), "identity": run.identity(),
@@ -347,7 +348,7 @@ class SuiteRunner:
         evaluation = self.suite.evaluation
         if not evaluation.diagnostics or run.teacher is None:
             return 0
-        return min(evaluation.diagnostics_examples, self.eval_split()[0].shape[0])
+        return min(evaluation.diagnostics_examples, self.eval_count())
 
     def diagnostics_current(self, run: RunSpec, metrics: dict) -> bool:
         wanted = self.diagnostics_wanted(run)
@@ -378,7 +379,7 @@ class SuiteRunner:
         directory = store.teacher_dir(self.results_dir, plan.teacher_id)
         if TEACHER_SOURCES.get(plan.spec.source).trains and not (directory / store.TEACHER).is_file():
             return False
-        return self.evaluation_current(load_metrics_file(directory / store.METRICS))
+        return self.evaluation_current(store.read_json_or_none(directory / store.METRICS))
 
     def run(self) -> SuiteOutcome:
         """Teachers first, then every run, on the suite's executor (local by default; see executors.py)."""
@@ -388,13 +389,6 @@ class SuiteRunner:
             torch.set_num_threads(self.suite.training.threads)
         self.results_dir.mkdir(parents=True, exist_ok=True)
         return build_executor(self.suite.executor).run(self)
-
-
-def load_metrics_file(path: Path) -> dict | None:
-    try:
-        return store.read_json(path) if path.is_file() else None
-    except (OSError, ValueError):
-        return None
 
 
 def run_suite(suite: Suite, results_dir: str | Path | None = None, reporter: Reporter | None = None,

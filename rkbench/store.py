@@ -63,6 +63,14 @@ def read_json(path: Path) -> Any:
         return json.load(handle)
 
 
+def read_json_or_none(path: Path) -> Any:
+    """The file's JSON, or None when it is missing or unreadable (a result not written yet)."""
+    try:
+        return read_json(path) if Path(path).is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
 def run_dir(results_dir: Path, run_id: str) -> Path:
     return Path(results_dir) / RUNS / run_id
 

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import RkbenchError
-from ..store import CONFIG, RUNS, TEACHERS, iter_result_dirs, load_valid_metrics, read_json
+from ..store import CONFIG, RUNS, TEACHERS, iter_result_dirs, load_valid_metrics, read_json_or_none
 
 SCHEMA_VERSION = 2
 ID_COLUMNS = ["teacher", "student", "method"]
@@ -86,21 +86,6 @@ def result_dirs(paths) -> list[Path]:
                                f"or in its sub-directories)")
         found.extend(children)
     return found
-
-
-def load_metrics(directory: Path) -> dict | None:
-    """A run's metrics checked against the schema (``store.RunMetrics``), or None when the directory
-    holds no result yet; a corrupt or foreign file is reported on stderr (one line) and skipped."""
-    return load_valid_metrics(directory)
-
-
-def _read(path: Path):
-    if not path.is_file():
-        return None
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return None
 
 
 def digest(value) -> str:
@@ -192,10 +177,10 @@ def collect(paths) -> Results:
     diagnostics: list[str] = []
     for directory in dirs:
         for run_directory in iter_result_dirs(directory, RUNS):
-            metrics = load_metrics(run_directory)
+            metrics = load_valid_metrics(run_directory)
             if metrics is None:
                 continue
-            record = run_record(metrics, _read(run_directory / CONFIG), directory, attacks, diagnostics)
+            record = run_record(metrics, read_json_or_none(run_directory / CONFIG), directory, attacks, diagnostics)
             previous = runs.get(record["run_id"])
             if previous is not None:
                 duplicates.append(record["run_id"])
@@ -203,9 +188,9 @@ def collect(paths) -> Results:
                     continue  # keep the first finished copy
             runs[record["run_id"]] = record
         for teacher_directory in iter_result_dirs(directory, TEACHERS):
-            metrics = load_metrics(teacher_directory)
+            metrics = load_valid_metrics(teacher_directory)
             if metrics is not None and (str(directory), metrics["run_id"]) not in teachers:
-                teachers[(str(directory), metrics["run_id"])] = teacher_record(metrics, _read(teacher_directory / CONFIG), directory,
+                teachers[(str(directory), metrics["run_id"])] = teacher_record(metrics, read_json_or_none(teacher_directory / CONFIG), directory,
                                                              teacher_attacks)
     teacher_frame = pd.DataFrame(list(teachers.values()))
     frame = pd.DataFrame(list(runs.values()))
