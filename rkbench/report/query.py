@@ -1,13 +1,14 @@
 """Filter, sort and pivot a leaderboard frame (``--where``, ``--sort``, ``--pivot``)."""
 from __future__ import annotations
 
+import dataclasses
 import difflib
 
 import numpy as np
 import pandas as pd
 
 from ..errors import RkbenchError
-from .frame import Results, aggregate_frame, per_seed_frame, public
+from .frame import Results, _columns, aggregate_frame, per_seed_frame, public
 
 PIVOTS = ("method", "student", "teacher")
 
@@ -137,15 +138,14 @@ def leaderboard(paths, per_seed: bool = False, where=(), sort: str | None = None
     conditions = parse_where(where)
     runs = results.runs
     if conditions and not runs.empty:  # conditions on run columns filter runs before they are aggregated
-        per_run_columns = set(per_seed_frame(results).columns)
-        on_runs = [c for c in conditions if c[0] in per_run_columns and (per_seed or c[0] != "seeds")]
+        runs_view = per_seed_frame(results)
+        on_runs = [c for c in conditions if c[0] in set(runs_view.columns) and (per_seed or c[0] != "seeds")]
         later = [c for c in conditions if c not in on_runs]
-        keep = apply_where(per_seed_frame(results), on_runs)["run_id"]
-        results = Results(runs[runs["run_id"].isin(set(keep))].reset_index(drop=True), results.teachers,
-                          results.attacks, results.diagnostics, results.duplicates, results.sources, results.suites)
+        keep = apply_where(runs_view, on_runs)["run_id"]
+        results = dataclasses.replace(results, runs=runs[runs["run_id"].isin(set(keep))].reset_index(drop=True))
         conditions = later
     frame = per_seed_frame(results) if per_seed else aggregate_frame(results)
-    frame = apply_where(frame, conditions, extra_known=per_seed_frame(results).columns if not per_seed else ())
+    frame = apply_where(frame, conditions, extra_known=_columns(results, "per_seed") if not per_seed else ())
     frame = apply_sort(frame, parse_sort(sort)).reset_index(drop=True)
     if pivot_by:
         return pivot(public(frame), pivot_by, value)
