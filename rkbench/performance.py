@@ -141,9 +141,6 @@ class Performance:
             return x.to(self.device), y.to(self.device)
         return x, y  # on the host; each gathered batch is pinned in transfer()
 
-    def index_device(self) -> torch.device:
-        return self.device if self.data_on_device else torch.device("cpu")
-
     def transfer(self, t: torch.Tensor) -> torch.Tensor:
         """A gathered batch (inputs or labels) onto the device. Gathering makes a new, unpinned
         tensor, so the batch itself is pinned: only a copy from pinned memory is non-blocking."""

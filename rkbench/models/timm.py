@@ -106,7 +106,7 @@ def create(arch: str, num_classes: int, in_channels: int, image_size: int, model
 def timm_model(num_classes: int, in_channels: int, image_size: int, arch: str = "resnet18",
                model_args: dict | None = None, checkpoint: str | None = None, checkpoint_sha256: str | None = None,
                normalize: bool = False) -> TimmClassifier:
-    check_options({"arch": arch, "checkpoint": checkpoint, "checkpoint_sha256": checkpoint_sha256})
+    # the options (arch, checkpoint file and its hash) were checked by build_model's check_model_options
     model = create(arch, num_classes, in_channels, image_size, dict(model_args or {}))
     mean = std = None
     if normalize:
