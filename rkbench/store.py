@@ -85,6 +85,11 @@ def append_log(path: Path, line: str) -> None:
         handle.write(line.rstrip("\n") + "\n")
 
 
+def holds_results(path: Path) -> bool:
+    """A results directory: it has runs/ or teachers/ in it."""
+    return (Path(path) / RUNS).is_dir() or (Path(path) / TEACHERS).is_dir()
+
+
 def iter_result_dirs(results_dir: Path, kind: str = RUNS):
     base = Path(results_dir) / kind
     if base.is_dir():

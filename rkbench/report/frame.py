@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import RkbenchError
-from ..store import CONFIG, RUNS, TEACHERS, iter_result_dirs, load_valid_metrics, read_json_or_none
+from ..store import CONFIG, RUNS, TEACHERS, holds_results, iter_result_dirs, load_valid_metrics, read_json_or_none
 
 SCHEMA_VERSION = 2
 ID_COLUMNS = ["teacher", "student", "method"]
@@ -77,10 +77,10 @@ def result_dirs(paths) -> list[Path]:
     for path in map(Path, paths):
         if not path.is_dir():
             raise RkbenchError(f"results directory not found: {path}")
-        if (path / RUNS).is_dir() or (path / TEACHERS).is_dir():
+        if holds_results(path):
             found.append(path)
             continue
-        children = sorted(p for p in path.iterdir() if p.is_dir() and ((p / RUNS).is_dir() or (p / TEACHERS).is_dir()))
+        children = sorted(p for p in path.iterdir() if p.is_dir() and holds_results(p))
         if not children:
             raise RkbenchError(f"{path} holds no rkbench results (no runs/ or teachers/ directory in it "
                                f"or in its sub-directories)")

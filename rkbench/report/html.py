@@ -98,7 +98,7 @@ def _sort_value(frame: pd.DataFrame, row, column: str) -> str:
 def table_html(frame: pd.DataFrame, table_id: str) -> str:
     if frame.empty:
         return "<p><em>no finished runs</em></p>"
-    columns = display_columns(frame, hidden={"cascade", "seed_list", "run_id"})
+    columns = display_columns(frame)  # run ids are shown as tooltips, not as a column
     numeric = {c: is_numeric_column(frame, c) for c in columns}
     head = "".join(f'<th data-col="{html.escape(str(c))}" data-type="{"num" if numeric[c] else "text"}"'
                    f' title="click to sort">{html.escape(str(c))}</th>' for c in columns)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import RkbenchError
-from ..store import write_text
+from ..store import holds_results, write_text
 from .frame import Results, aggregate_frame, collect, per_seed_frame, public
 from .query import leaderboard
 from .text import display_frame, to_csv, to_json, to_markdown
@@ -86,21 +86,17 @@ def write_leaderboard(results_dir: str | Path) -> pd.DataFrame:
     """Rebuild ``leaderboard.csv`` and ``leaderboard.md`` in the results directory (mean ± std over
     seeds; the same text as ``rkbench report DIR --format csv|md``)."""
     results_dir = Path(results_dir)
-    results = collect(results_dir) if _has_results(results_dir) else None
-    if results is None:
+    if not holds_results(results_dir):  # nothing finished yet: an empty leaderboard with its header
         frame = aggregate_frame(Results(pd.DataFrame(), pd.DataFrame()))
         write_text(results_dir / "leaderboard.csv", to_csv(frame))
         write_text(results_dir / "leaderboard.md", to_markdown(frame))
         return frame
+    results = collect(results_dir)
     frame = leaderboard(None, results=results, internal=True)
     teachers = teachers_table(results)
     write_text(results_dir / "leaderboard.csv", render(frame, "csv"))
     write_text(results_dir / "leaderboard.md", render(frame, "md", teachers))
     return public(frame)
-
-
-def _has_results(results_dir: Path) -> bool:
-    return (results_dir / "runs").is_dir() or (results_dir / "teachers").is_dir()
 
 
 def console_tables(results_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
