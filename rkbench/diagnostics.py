@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import pgd_attack, project
+from .attacks import ascent_step, pgd_attack, project
 from .threat import ThreatModel, default_step_size
 
 ATTACK_STEPS = 20  # PGD-20 for adversarial agreement and the transfer attack
@@ -98,12 +98,7 @@ def local_linearity(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
         (step,) = torch.autograd.grad(value.sum(), delta)
         best = torch.maximum(best, value.detach())
         with torch.no_grad():
-            if norm == "linf":
-                delta = delta + step_size * step.sign()
-            else:
-                scale = step.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-                delta = delta + step_size * step / scale
-            delta = project(delta, norm, eps)
+            delta = project(delta + ascent_step(step, norm, step_size), norm, eps)
             delta = (x + delta).clamp(0, 1) - x
     with torch.no_grad():
         best = torch.maximum(best, gap(delta))

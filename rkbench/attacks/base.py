@@ -76,6 +76,14 @@ def project(delta: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
     return delta * (eps / norms).clamp(max=1.0)
 
 
+def ascent_step(grad: torch.Tensor, norm: str, step_size: float) -> torch.Tensor:
+    """The step along ``grad``: signed for Linf, normalized per example for L2."""
+    if norm == "linf":
+        return step_size * grad.sign()
+    grad_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
+    return step_size * grad / grad_norm
+
+
 def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     flat = delta.flatten(1)
     return flat.abs().amax(dim=1) if norm == "linf" else flat.norm(dim=1)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..threat import default_step_size, parse_number
-from .base import ATTACKS, Attack, AttackParams, project, register_preset
+from .base import ATTACKS, Attack, AttackParams, ascent_step, project, register_preset
 from pydantic import field_validator
 
 
@@ -68,12 +68,7 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, norm: str, eps: float, step_
             # gradient w.r.t. the input only: autograd skips the weight gradients entirely
             (grad,) = torch.autograd.grad(attack_loss(logits, y, loss), delta)
             with torch.no_grad():
-                if norm == "linf":
-                    step = step_size * grad.sign()
-                else:
-                    grad_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-                    step = step_size * grad / grad_norm
-                delta = project(delta + step, norm, eps)
+                delta = project(delta + ascent_step(grad, norm, step_size), norm, eps)
                 delta = (x + delta).clamp(0, 1) - x
         x_adv = (x + delta).detach()
         if restarts <= 1:

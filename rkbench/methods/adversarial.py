@@ -13,7 +13,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..attacks import pgd_attack, project
+from ..attacks import ascent_step, pgd_attack, project
 from ..threat import ThreatModel
 from .base import Method, MethodParams, model_mode
 from .losses import kl_divergence
@@ -31,12 +31,7 @@ def ascend(x: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, norm: str, 
            step_size: float) -> torch.Tensor:
     """One ascent step from ``x_adv`` along ``grad`` (signed for Linf, normalized per example for L2),
     projected onto the eps ball around ``x`` and onto valid pixels [0, 1]."""
-    if norm == "linf":
-        step = step_size * grad.sign()
-    else:
-        grad_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-        step = step_size * grad / grad_norm
-    return (x + project(x_adv + step - x, norm, eps)).clamp(0, 1)
+    return (x + project(x_adv + ascent_step(grad, norm, step_size) - x, norm, eps)).clamp(0, 1)
 
 
 def kl_attack(student: nn.Module, x: torch.Tensor, threat: ThreatModel, *, steps: int, step_size: float,
