@@ -108,7 +108,6 @@ class Phases:
     def __init__(self):
         self.current = "other"
         self.attack_seconds = 0.0
-        self.in_loss_teacher_seconds = 0.0
         self._depth = 0
 
     @contextlib.contextmanager

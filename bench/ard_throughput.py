@@ -93,7 +93,8 @@ def main() -> None:
         method = build_method("ard", params, threat, seed=0)
         method.prepare(student, side_teacher)
         optimizer = make_optimizer(student, config)
-        sides[name] = {"config": config, "performance": performance, "student": student.train(),
+        student.train()
+        sides[name] = {"config": config, "performance": performance,
                        "runnable": performance.runnable(student), "teacher": performance.runnable(side_teacher),
                        "method": method, "optimizer": optimizer,
                        "base_lrs": [g["lr"] for g in optimizer.param_groups], "times": []}

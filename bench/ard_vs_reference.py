@@ -59,6 +59,7 @@ from _common import (DEFAULT_NPZ, RESULTS, Phases, Probe, build, load_data, mach
                      set_threads, timed_attacks, trainer_step, training_config, write_result)
 from rkbench.data.augment import augment
 from rkbench.methods import build_method, kl_divergence
+from rkbench.models import count_parameters
 from rkbench.performance import Performance
 from rkbench.suite import OptimizerConfig, ScheduleConfig
 from rkbench.threat import ThreatModel
@@ -202,7 +203,8 @@ def main() -> None:
 
     threat = ThreatModel(eps="8/255", steps=args.steps, step_size="2/255")
     params = {"alpha": args.alpha, "t": args.t, "kl_reduction": "mean", "attack_mode": "train"}
-    config = training_config(parse_options(args.training), epochs=1, batch_size=args.batch_size, device="cpu",
+    training_options = parse_options(args.training)
+    config = training_config(training_options, epochs=1, batch_size=args.batch_size, device="cpu",
                              optimizer=OptimizerConfig(name="sgd", lr=0.1, momentum=0.9,
                                                        weight_decay=WEIGHT_DECAY),
                              schedule=ScheduleConfig(name="constant"))
@@ -231,12 +233,11 @@ def main() -> None:
         student.load_state_dict(init_state)
         return student
 
-    n_student = sum(p.numel() for p in init_student.parameters())
-    n_teacher = sum(p.numel() for p in teacher.parameters())
+    n_student, n_teacher = count_parameters(init_student), count_parameters(teacher)
     print(f"ARD, student {args.student} {student_options} ({n_student / 1e6:.2f}M params) <- teacher {args.teacher} "
           f"{teacher_options} ({n_teacher / 1e6:.2f}M params); batch {args.batch_size}; attack {threat.steps} x "
           f"2/255 at 8/255; alpha {args.alpha}, t {args.t}; data {data_label}; torch threads {threads}; "
-          f"reference DataLoader workers {workers_list}; rkbench training options {parse_options(args.training)}; "
+          f"reference DataLoader workers {workers_list}; rkbench training options {training_options}; "
           f"reference channels_last {args.ref_channels_last}; load average {load_before}")
 
     # -- loss formulas agree (same logits) --------------------------------------------------------
@@ -363,7 +364,7 @@ def main() -> None:
     load_after = machine()["loadavg_1_5_15"]
 
     print()
-    rk_label = "rkbench" + "".join(f" {k}={v}" for k, v in parse_options(args.training).items())
+    rk_label = "rkbench" + "".join(f" {k}={v}" for k, v in training_options.items())
     width = max(16, len(rk_label))
     header = (f"{'':<{width}} {'S-F/S-B/T-F':>12} {'batch ms':>10} {'epoch s':>9} {'data-only s':>12} "
               f"{'overhead s':>11} {'full epoch s':>13}")
@@ -407,7 +408,7 @@ def main() -> None:
                          "epoch_is_subset": True, "full_epoch_images": args.full_epoch, "data": data_label,
                          "threat": threat.model_dump(mode="json"), "ard_params": params,
                          "reference_workers": workers_list, "reference_channels_last": args.ref_channels_last,
-                         "rkbench_training_options": parse_options(args.training), "threads": threads, "warmup": args.warmup,
+                         "rkbench_training_options": training_options, "threads": threads, "warmup": args.warmup,
                          "reps": args.reps, "epoch_reps": args.epoch_reps, "training": config.model_dump(mode="json")},
               "passes_per_batch": passes,
               "batch_ms": batch_ms, "batch_samples_s": batch_times, "batch_ratio": batch_ratio,

@@ -53,6 +53,7 @@ from _common import (DEFAULT_NPZ, RESULTS, Phases, Probe, build, load_data, mach
                      set_threads, timed_attacks, trainer_step, write_result)
 from rkbench.methods import METHODS, build_method, model_mode
 from rkbench.methods.adversarial import AdversarialMethod
+from rkbench.models import count_parameters
 from rkbench.performance import Performance
 from rkbench.suite import TrainingConfig
 from rkbench.threat import ThreatModel
@@ -320,8 +321,8 @@ def main() -> None:
         teacher = build(args.teacher, args.teacher_options)
         teacher.eval()
         teacher.requires_grad_(False)  # as the trainer does
-    n_student = sum(p.numel() for p in student.parameters())
-    n_teacher = sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0
+    n_student = count_parameters(student)
+    n_teacher = count_parameters(teacher) if teacher is not None else 0
     print(f"batch {tuple(x.shape)} from {data_label}; student {args.student} {args.student_options} "
           f"({n_student / 1e6:.2f}M params), teacher {args.teacher} {args.teacher_options} "
           f"({n_teacher / 1e6:.2f}M params); attack {threat.steps} steps; torch threads {threads}; "
