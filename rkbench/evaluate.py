@@ -242,7 +242,7 @@ def integrity_flags(model, x, y, result: EvalResult, attacks: dict[str, Attack],
 
 def load_per_example(path) -> EvalResult | None:
     try:
-        with np.load(path) as arrays:
+        with np.load(path, allow_pickle=False) as arrays:
             return EvalResult.from_arrays({key: arrays[key] for key in arrays.files})
     except (OSError, ValueError, KeyError, EOFError):  # absent or damaged: recomputed, never trusted
         return None

@@ -7,7 +7,9 @@ killed run resumes where it stopped and finishes with the same weights.
 """
 from __future__ import annotations
 
+import copy
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,10 +104,27 @@ class _JobState:
         self.loss_sum, self.loss_count = 0.0, 0
 
     def resume(self, device, data_generator: torch.Generator) -> None:
+        """Continue from the checkpoint, if any. It is read with ``weights_only=True`` (tensors,
+        numbers, strings, lists, dicts: nothing in it can run code). One that cannot be read that
+        way, or is truncated, corrupt or of another shape, gets one warning line naming the file
+        and the run trains from epoch 0 (the file is left alone until the first epoch replaces it)."""
         if not (self.checkpoint and self.checkpoint.is_file()):
             return
+        fresh = self._snapshot(device, data_generator)
+        try:
+            state = torch.load(self.checkpoint, map_location=device, weights_only=True)
+            self._apply(state, device, data_generator)
+        except Exception as exc:  # unpickling refused, bad zip, EOF, missing key, wrong shape: start over
+            self._restore(fresh, device, data_generator)
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            line = f"warning: ignored checkpoint {self.checkpoint} ({reason}); training from epoch 0"
+            self.log(line)
+            print(line, file=sys.stderr)
+            return
+        self.log(f"resumed from epoch {self.start_epoch}/{self.epochs}")
+
+    def _apply(self, state: dict, device, data_generator: torch.Generator) -> None:
         job = self.job
-        state = torch.load(self.checkpoint, map_location=device, weights_only=False)
         job.student.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         # RNG states are CPU byte tensors whatever map_location did to them (a CUDA resume failed)
@@ -116,10 +135,35 @@ class _JobState:
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
         if state.get("method_state") is not None and hasattr(job.method, "load_state"):
             job.method.load_state(state["method_state"])
-        self.start_epoch, self.losses, self.train_seconds = state["epoch"], state["losses"], state["train_seconds"]
+        start_epoch, losses, train_seconds = int(state["epoch"]), list(state["losses"]), float(state["train_seconds"])
+        if not 0 <= start_epoch <= self.epochs or len(losses) != start_epoch:
+            raise ValueError(f"epoch {start_epoch} with {len(losses)} losses does not fit a run of {self.epochs}")
+        self.start_epoch, self.losses, self.train_seconds = start_epoch, losses, train_seconds
         if state.get("stopped"):  # stopped early by the method: nothing left to train
             self.start_epoch = self.epochs
-        self.log(f"resumed from epoch {self.start_epoch}/{self.epochs}")
+
+    def _snapshot(self, device, data_generator: torch.Generator) -> dict:
+        """Everything ``_apply`` may change, as it is before resuming (restored if the checkpoint fails)."""
+        job = self.job
+        return {"model": copy.deepcopy(job.student.state_dict()),
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "data_rng": data_generator.get_state(), "method_rng": job.method.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "method_state": copy.deepcopy(job.method.state()) if hasattr(job.method, "state") else None}
+
+    def _restore(self, fresh: dict, device, data_generator: torch.Generator) -> None:
+        job = self.job
+        job.student.load_state_dict(fresh["model"])
+        self.optimizer.load_state_dict(fresh["optimizer"])
+        data_generator.set_state(fresh["data_rng"])
+        job.method.generator.set_state(fresh["method_rng"])
+        torch.set_rng_state(fresh["torch_rng"])
+        if fresh["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(fresh["cuda_rng"], device)
+        if fresh["method_state"] is not None and hasattr(job.method, "load_state"):
+            job.method.load_state(fresh["method_state"])
+        self.start_epoch, self.losses, self.train_seconds = 0, [], 0.0
 
     def save(self, epoch: int, device, data_generator: torch.Generator) -> None:
         if not self.checkpoint:

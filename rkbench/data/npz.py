@@ -32,7 +32,7 @@ class Npz(DatasetSource):
         if not path.is_file():
             raise DataUnavailableError(f"dataset file not found: {path}")
         try:
-            arrays = np.load(path)
+            arrays = np.load(path, allow_pickle=False)
         except Exception as exc:  # zip/pickle errors: name the file, not the internals
             raise DataUnavailableError(f"{path} is not a readable .npz file ({exc.__class__.__name__})") from exc
         missing = [k for k in REQUIRED if k not in arrays]
