@@ -1,5 +1,5 @@
 """Dataset sources (one file each) and batched augmentation."""
-from . import digits, npz, torchvision_cifar  # noqa: F401  (registers the built-in sources)
+from . import digits, imagefolder, npz, svhn, tinyimagenet, torchvision_cifar  # noqa: F401  (registers the built-in sources)
 from .base import DATASETS, DatasetParams, DatasetSource, TensorDataset
 
 __all__ = ["DATASETS", "DatasetParams", "DatasetSource", "TensorDataset", "load_dataset"]
