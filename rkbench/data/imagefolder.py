@@ -21,7 +21,7 @@ from pydantic import Field
 
 from ..errors import DataUnavailableError
 from .base import DATASETS, DatasetParams, DatasetSource, TensorDataset, uint8_to_float
-from .images import Fit, cached_arrays, decode, fingerprint, is_image
+from .images import Fit, cached_arrays, decode, fingerprint, labelled_files
 
 
 class ImageFolderParams(DatasetParams):
@@ -42,19 +42,6 @@ def class_folders(split: Path) -> list[str]:
     if not classes:
         raise DataUnavailableError(f"{split} has no class subfolders (expected {split}/<class>/<image>)")
     return classes
-
-
-def labelled_files(split: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
-    """Every image under ``split/<class>/`` (recursively, sorted) with its class index."""
-    files, labels = [], []
-    for index, name in enumerate(classes):
-        folder = split / name
-        found = sorted(p for p in folder.rglob("*") if is_image(p)) if folder.is_dir() else []
-        files += found
-        labels += [index] * len(found)
-    if not files:
-        raise DataUnavailableError(f"no images under {split} (extensions: .png, .jpg, .jpeg, ...)")
-    return files, labels
 
 
 @DATASETS.register("imagefolder", description="your images, <root>/train/<class>/* and <root>/val/<class>/*, "

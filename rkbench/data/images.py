@@ -23,6 +23,19 @@ def is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in EXTENSIONS
 
 
+def labelled_files(split: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+    """Every image under ``split/<class>/`` (recursively, sorted) with its class index."""
+    files, labels = [], []
+    for index, name in enumerate(classes):
+        folder = split / name
+        found = sorted(p for p in folder.rglob("*") if is_image(p)) if folder.is_dir() else []
+        files += found
+        labels += [index] * len(found)
+    if not files:
+        raise DataUnavailableError(f"no images under {split} (extensions: {', '.join(EXTENSIONS)})")
+    return files, labels
+
+
 def decode(paths: list[Path], size: int, fit: Fit, mode: str) -> np.ndarray:
     """``[N, C, size, size]`` uint8. ``resize``: the whole image scaled to size x size;
     ``center_crop``: the shorter side scaled to ``size``, then the central square."""

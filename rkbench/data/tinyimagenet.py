@@ -20,7 +20,7 @@ from pydantic import Field
 
 from ..errors import DataUnavailableError
 from .base import DATASETS, DatasetParams, DatasetSource, TensorDataset, uint8_to_float
-from .images import cached_arrays, decode, fingerprint, is_image
+from .images import cached_arrays, decode, fingerprint, labelled_files
 
 
 class TinyImageNetParams(DatasetParams):
@@ -45,11 +45,12 @@ def read_wnids(root: Path) -> list[str]:
 
 
 def train_files(root: Path, wnids: list[str]) -> tuple[list[Path], list[int]]:
-    files, labels = [], []
+    files, labels = labelled_files(required(root / "train"), wnids)  # train/<wnid>/images/*.JPEG
+    found = set(labels)
     for index, wnid in enumerate(wnids):
-        found = sorted(p for p in required(root / "train" / wnid / "images").iterdir() if is_image(p))
-        files += found
-        labels += [index] * len(found)
+        if index not in found:
+            required(root / "train" / wnid / "images")
+            raise DataUnavailableError(f"no images in {root / 'train' / wnid / 'images'}")
     return files, labels
 
 
