@@ -1,5 +1,6 @@
 """Dataset sources (one file each) and batched augmentation."""
-from . import digits, imagefolder, npz, svhn, tinyimagenet, torchvision_cifar  # noqa: F401  (registers the built-in sources)
+# importing a source registers it
+from . import digits, imagefolder, npz, svhn, tinyimagenet, torchvision_cifar  # noqa: F401
 from .base import DATASETS, DatasetParams, DatasetSource, TensorDataset
 
 __all__ = ["DATASETS", "DatasetParams", "DatasetSource", "TensorDataset", "load_dataset"]

@@ -71,4 +71,5 @@ class ImageFolder(DatasetSource):
         arrays = cached_arrays(params.cache_dir, f"{root.name or 'images'}-{params.size}", key, build)
         return TensorDataset(root.name or "imagefolder", uint8_to_float(arrays["x_train"]),
                              torch.tensor(arrays["y_train"], dtype=torch.int64), uint8_to_float(arrays["x_test"]),
-                             torch.tensor(arrays["y_test"], dtype=torch.int64), num_classes=len(classes), augment=params.augment)
+                             torch.tensor(arrays["y_test"], dtype=torch.int64), num_classes=len(classes),
+                             augment=params.augment)
