@@ -48,7 +48,8 @@ class OptimizerConfig(Strict):
 
 
 class ScheduleConfig(Strict):
-    name: Literal["constant", "cosine", "multistep"] = "cosine"
+    name: Literal["constant", "cosine", "cyclic", "multistep"] = Field(
+        "cosine", description="cyclic: triangular, up from 0 to lr over the first half, back to 0 (Free-AT, FGSM-RS)")
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75],
                                     description="multistep: fractions of the epochs (0.5) or epoch numbers (100)")
     gamma: float = Field(0.1, gt=0)

@@ -181,3 +181,35 @@ def test_write_references_keeps_other_suites(tmp_path):
     write_references(tmp_path, "a", [])
     found, problem = read_references(tmp_path)
     assert problem is None and list(found) == ["b"] and found["b"] == PUBLISHED[1:]
+
+
+def test_the_cyclic_schedule_is_locuslabs_triangle():
+    from rkbench.suite import ScheduleConfig
+    from rkbench.train import lr_factor
+
+    cyclic = ScheduleConfig(name="cyclic")
+    assert [lr_factor(cyclic, e, 10) for e in (0, 2.5, 5, 7.5, 10)] == pytest.approx([0, 0.5, 1, 0.5, 0])
+
+
+def _recipe(suite, label):
+    spec = next(m for m in suite.methods if m.label == label)
+    return spec.params, suite.training_for(spec.training, label)
+
+
+def test_paper_suites_run_the_official_recipes():
+    """The numbers docs/methods.md traces to the official code (file and line), as the suites run them."""
+    for path in PAPER_SUITES:
+        suite = load_suite(ROOT / path)
+        _, at = _recipe(suite, "at")
+        assert (at.epochs, at.optimizer.weight_decay, at.schedule.milestones) == (200, 2e-4, [100, 150])
+        for label in ("ard", "iad", "kdiga"):  # the second decay of their scripts never fires
+            assert _recipe(suite, label)[1].schedule.milestones == [100]
+        _, free = _recipe(suite, "free_at")
+        assert (free.epochs, free.schedule.name, free.optimizer.lr) == (80, "cyclic", 0.04)
+        teacher = suite.teacher("at_resnet18").options["training"]
+        assert (teacher["epochs"], teacher["optimizer"]["weight_decay"], teacher["schedule"]["milestones"]) == \
+            (200, 0.0002, [99, 149])
+    cifar100 = load_suite(ROOT / "suites/cifar100.yaml")
+    params, training = _recipe(cifar100, "ard")
+    assert (params["t"], params["alpha"], training.batch_size) == (5, 0.93, 256)
+    assert _recipe(cifar100, "kdiga")[1].batch_size == 256
