@@ -50,7 +50,8 @@ def _reference(**changes):
 
 
 @pytest.mark.parametrize("reference, expected", [
-    (_reference(student="cnn_tin"), "references.0.student: no student 'cnn_tin' in the suite; did you mean 'cnn_tiny'?"),
+    (_reference(student="cnn_tin"),
+     "references.0.student: no student 'cnn_tin' in the suite; did you mean 'cnn_tiny'?"),
     (_reference(method="ardd"), "references.0.method: no method 'ardd' in the suite; did you mean 'ard'?"),
     (_reference(teacher="nobody"), "references.0.teacher: 'nobody' is not a teacher of method 'ard'"),
     (_reference(method="at"), "references.0.teacher: method 'at' has no teacher"),

@@ -124,8 +124,8 @@ def write_leaderboard(results_dir: str | Path) -> pd.DataFrame:
     text = render(frame, "md", teachers)
     compared = against_paper(results)
     if not compared.empty:  # the suite carries published numbers
-        text += ("\nAgainst the papers (`rkbench report DIR --against-paper`):\n\n" + to_markdown(compared, legend=False)
-                 + legend(compared, DEFAULT_TOLERANCE))
+        text += ("\nAgainst the papers (`rkbench report DIR --against-paper`):\n\n"
+                 + to_markdown(compared, legend=False) + legend(compared, DEFAULT_TOLERANCE))
     write_text(results_dir / "leaderboard.md", text)
     return public(frame)
 
