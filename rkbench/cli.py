@@ -125,14 +125,19 @@ def validate(suite_file, overrides):
               help="One column per method (or student, teacher); cells: --value.")
 @click.option("--value", default="worst_case", show_default=True, help="The cells of a --pivot table.")
 @click.option("--per-seed", is_flag=True, help="One row per run, not mean ± std over seeds.")
+@click.option("--against-paper", is_flag=True, help="The suites' published numbers (references:) beside the "
+              "measured ones: paper, measured, difference, !off beyond --tolerance (md, csv, json).")
+@click.option("--tolerance", type=float, default=2.0, show_default=True,
+              help="--against-paper: flag differences larger than this many points.")
 @one_line_errors
-def report(results_dirs, fmt, out, sort, where, pivot_by, value, per_seed):
+def report(results_dirs, fmt, out, sort, where, pivot_by, value, per_seed, against_paper, tolerance):
     """Leaderboard of one or several results directories, from their files alone (runs found in
     several directories count once)."""
     from .report import report as build_report
 
     text, written, results = build_report(results_dirs, fmt, per_seed=per_seed, where=where, sort=sort,
-                                          pivot_by=pivot_by, value=value, out=out)
+                                          pivot_by=pivot_by, value=value, out=out, against_paper=against_paper,
+                                          tolerance=tolerance)
     if results.duplicates:
         shown = ", ".join(results.duplicates[:5]) + (f" (+{len(results.duplicates) - 5} more)"
                                                       if len(results.duplicates) > 5 else "")

@@ -388,6 +388,7 @@ class SuiteRunner:
         if self.suite.training.threads:
             torch.set_num_threads(self.suite.training.threads)
         self.results_dir.mkdir(parents=True, exist_ok=True)
+        store.write_references(self.results_dir, self.suite.name, self.suite.references)  # for reports
         return build_executor(self.suite.executor).run(self)
 
 

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 RUNS = "runs"
 TEACHERS = "teachers"
@@ -23,6 +23,7 @@ STUDENT = "student.pt"
 TEACHER = "teacher.pt"
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.txt"
+REFERENCES = "references.json"  # per results directory: the published numbers of each suite's rows
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
@@ -166,3 +167,73 @@ def load_valid_metrics(directory: Path) -> dict | None:
             _REPORTED.add(key)
             print(f"warning: skipped {path}: {problem}", file=sys.stderr)
     return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# published numbers: a suite's ``references`` (validated at load), copied into the results
+# directory so that reports, which read files only, can put them beside the measured ones
+
+Percent = Annotated[float, Field(ge=0, le=100)]
+REFERENCE_METRICS = ("clean", "pgd20", "autoattack")  # leaderboard columns (accuracy in %)
+
+
+class Reference(BaseModel):
+    """The published accuracy (in %) of one suite row: teacher x student x method label
+    (``teacher`` omitted or ``-`` for a method without a teacher)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: str | None = None
+    student: str = Field(min_length=1)
+    method: str = Field(min_length=1)
+    paper: str = Field(min_length=1, description="e.g. 'ARD (Goldblum et al., AAAI 2020)'")
+    table: str = Field(min_length=1, description="where in the paper, e.g. 'Table 2'")
+    clean: Percent | None = None
+    pgd20: Percent | None = None
+    autoattack: Percent | None = None
+    note: str = ""
+
+    @model_validator(mode="after")
+    def _some_number(self):
+        if self.teacher == "-":
+            self.teacher = None
+        if all(getattr(self, metric) is None for metric in REFERENCE_METRICS):
+            raise ValueError(f"give at least one of {', '.join(REFERENCE_METRICS)}")
+        return self
+
+    @property
+    def row(self) -> tuple[str, str, str]:
+        return (self.teacher or "-", self.student, self.method)
+
+
+def write_references(results_dir: Path, suite: str, references: list[Reference]) -> None:
+    """Record ``suite``'s references in ``results_dir/references.json`` (other suites' entries kept)."""
+    path = Path(results_dir) / REFERENCES
+    document = read_json_or_none(path)
+    document = document if isinstance(document, dict) else {}
+    document[suite] = [reference.model_dump(mode="json") for reference in references]
+    if not references:
+        del document[suite]
+    if document or path.exists():
+        write_json(path, document)
+
+
+def read_references(results_dir: Path) -> tuple[dict[str, list[Reference]], str | None]:
+    """({suite: [Reference]}, None), or ({}, reason) for a file that is not a references file."""
+    path = Path(results_dir) / REFERENCES
+    if not path.is_file():
+        return {}, None
+    try:
+        document = read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return {}, f"unreadable ({type(exc).__name__})"
+    if not isinstance(document, dict):
+        return {}, "not a mapping of suite names to references"
+    found = {}
+    for suite, entries in document.items():
+        try:
+            found[suite] = [Reference.model_validate(entry) for entry in entries]
+        except (ValidationError, TypeError) as exc:
+            detail = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+            return {}, f"suite {suite!r}: {detail}"
+    return found, None

@@ -23,6 +23,7 @@ from .data import DATASETS
 from .errors import ConfigError, RkbenchError
 from .executors import EXECUTORS, ExecutorConfig
 from .methods import METHODS
+from .store import Reference
 from .models import MODELS, check_model_options
 from .teachers import TEACHER_SOURCES
 from .threat import ThreatModel
@@ -47,7 +48,8 @@ class OptimizerConfig(Strict):
 
 
 class ScheduleConfig(Strict):
-    name: Literal["constant", "cosine", "multistep"] = "cosine"
+    name: Literal["constant", "cosine", "cyclic", "multistep"] = Field(
+        "cosine", description="cyclic: triangular, up from 0 to lr over the first half, back to 0 (Free-AT, FGSM-RS)")
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75],
                                     description="multistep: fractions of the epochs (0.5) or epoch numbers (100)")
     gamma: float = Field(0.1, gt=0)
@@ -202,6 +204,8 @@ class Suite(Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)  # where runs execute (not in run ids)
+    # published numbers of suite rows (not in run ids): reports show them beside the measured ones
+    references: list[Reference] = Field(default_factory=list)
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -405,6 +409,8 @@ def check_suite(suite: Suite, source: str) -> None:
         raise ConfigError(f"{source}: teachers: methods {', '.join(needing)} distill from a teacher, "
                           f"but the suite names none")
 
+    check_references(suite, source)
+
     for index, attack in enumerate(suite.evaluation.attacks):
         where = f"{source}: evaluation.attacks.{index}"
         _named(ATTACKS, attack.name, f"{where}.name")
@@ -412,6 +418,33 @@ def check_suite(suite: Suite, source: str) -> None:
         params = validate_options(cls.Params, {**cls.defaults, **attack.options}, where)
         attack.options = {k: v for k, v in params.model_dump(mode="json").items()}
     _unique([a.label for a in suite.evaluation.attacks], f"{source}: evaluation.attacks", "attack label")
+
+
+def check_references(suite: Suite, source: str) -> None:
+    """Each reference names a row the suite runs: its student, its method label and, for a method
+    that distills, one of the teachers that method is paired with (none for the others)."""
+    seen = set()
+    students = [s.name for s in suite.students]
+    methods = {m.label: m for m in suite.methods}
+    for index, reference in enumerate(suite.references):
+        where = f"{source}: references.{index}"
+        for field, name, known in (("student", reference.student, students), ("method", reference.method, methods)):
+            if name not in known:
+                close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; the suite's: {', '.join(known)}"
+                raise ConfigError(f"{where}.{field}: no {field} {name!r} in the suite{hint}")
+        spec = methods[reference.method]
+        if not suite.uses_teacher(spec):
+            if reference.teacher is not None:
+                raise ConfigError(f"{where}.teacher: method {spec.label!r} has no teacher; drop the teacher")
+        else:
+            paired = [t.name for t in suite.teachers if t.methods is None or spec.label in t.methods]
+            if reference.teacher not in paired:
+                raise ConfigError(f"{where}.teacher: {reference.teacher!r} is not a teacher of method "
+                                  f"{spec.label!r}; its teachers: {', '.join(paired)}")
+        if reference.row in seen:
+            raise ConfigError(f"{where}: a second reference for {' x '.join(reference.row)}; give one per row")
+        seen.add(reference.row)
 
 
 def _unique(names: list[str], where: str, what: str) -> None:

@@ -66,6 +66,8 @@ def lr_factor(schedule, epoch: float, epochs: int) -> float:
         return 1.0
     if schedule.name == "cosine":
         return 0.5 * (1 + math.cos(math.pi * min(epoch / epochs, 1.0)))
+    if schedule.name == "cyclic":  # triangular, 0 -> 1 -> 0 (locuslab's CyclicLR from lr-min 0 to lr-max)
+        return 1.0 - abs(2.0 * min(epoch / epochs, 1.0) - 1.0)
     milestones = [m * epochs if m < 1 else m for m in schedule.milestones]  # fractions or epoch numbers
     return schedule.gamma ** sum(epoch >= m for m in milestones)
 

@@ -18,7 +18,8 @@ def finished(tmp_path_factory):
     """The tiny suite run once through the CLI."""
     base = tmp_path_factory.mktemp("e2e")
     suite = base / "tiny.yaml"
-    suite.write_text(yaml.safe_dump(tiny_suite_dict()))
+    reference = {"teacher": "t_at", "student": "cnn_tiny", "method": "ard", "paper": "P", "table": "T", "clean": 50.0}
+    suite.write_text(yaml.safe_dump(tiny_suite_dict(references=[reference])))
     results = base / "results"
     result = CliRunner().invoke(main, ["run", str(suite), "--results-dir", str(results), "--quiet"])
     assert result.exit_code == 0, result.output
@@ -38,6 +39,19 @@ def test_run_writes_leaderboard_with_every_method_and_student(finished):
     markdown = (results / "leaderboard.md").read_text()
     assert markdown.startswith("| teacher | student | method | seeds | clean | pgd5 | worst_case |")
     assert "Teachers" in markdown
+
+
+def test_run_records_the_references_and_reports_set_them_beside_the_runs(finished):
+    _, results, _ = finished
+    recorded = json.loads((results / "references.json").read_text())
+    assert [r["method"] for r in recorded["tiny"]] == ["ard"]
+    assert "Against the papers" in (results / "leaderboard.md").read_text()
+    document = json.loads(CliRunner().invoke(main, ["report", str(results), "--against-paper", "--format",
+                                                    "json"]).output)
+    frame = pd.read_csv(results / "leaderboard.csv")
+    measured = frame[(frame.method == "ard") & (frame.student == "cnn_tiny")]["clean"].item()
+    assert [(r["metric"], r["paper_value"], r["measured"]) for r in document["rows"]] == [("clean", 50.0, measured)]
+    assert document["rows"][0]["difference"] == pytest.approx(measured - 50.0, abs=0.01)
 
 
 def test_run_directories_hold_config_metrics_checkpoint_log(finished):

@@ -28,7 +28,8 @@ class FreeAT(FreeMethod):
     Departure of the reference code (locuslab/fast_adversarial ``train_free.py``, after Shafahi et
     al.): it clips delta to valid pixels for the minibatch just used, so the next minibatch may see
     x + delta outside [0, 1]; rkbench re-projects delta onto valid pixels for each minibatch before
-    its forward pass. ``training.epochs`` counts passes times m (88 = the reference's 11 x 8).
+    its forward pass. ``training.epochs`` counts passes times m (80 = the reference's default
+    10 x 8, ``train_free.py`` L23 and L30).
     """
 
     Params = FreeATParams

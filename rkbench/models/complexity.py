@@ -12,13 +12,12 @@ BatchNorm, activations, pooling and residual additions: they are a few percent a
 The counter is checked against the published figure of the original network: torchvision's
 ImageNet MobileNetV2 at 224x224 counts 300.8M, Sandler et al. (2018) report 300M multiply-adds.
 
-rkbench's CIFAR MobileNetV2 (2.24M parameters) at 32x32 counts 89.0M, not the ~187M quoted in
-ARD (Goldblum et al. 2020, section 6) for the same architecture (stride-1 stem and second stage,
-as in the kuangliu CIFAR code ARD trains; the parameter count, ~2.3M, agrees). 187M is about
-twice 89M and close to (not exactly) counting a multiply and an add as two operations (FLOPs = 2 x MACs =
-178M) plus BatchNorm (2 x 1.67M elements) and ReLU6 (1.53M): ~183M. rkbench reports
-multiply-accumulates and does not fudge them towards the paper's number; see
-``tests/test_report.py::test_mobilenetv2_madds``.
+rkbench's CIFAR MobileNetV2 (``mobilenetv2``, the ARD repository's variant, 2.30M parameters) at
+32x32 counts 91.2M (89.0M without the four 1x1 shortcut convs, as ``mobilenetv2_relu6``), not the
+~187M quoted in ARD (Goldblum et al. 2020, section 6) for the same architecture. 187M is about
+twice 91M, close to (not exactly) counting a multiply and an add as two operations (FLOPs =
+2 x MACs = 182M) plus BatchNorm and activations. rkbench reports multiply-accumulates and does not
+fudge them towards the paper's number; see ``tests/test_report.py::test_mobilenetv2_madds``.
 """
 from __future__ import annotations
 

@@ -1,5 +1,16 @@
-"""WideResNet-depth-width (Zagoruyko & Komodakis 2016), the RobustBench/TRADES layout."""
+"""WideResNet-depth-width (Zagoruyko & Komodakis 2016), the RobustBench/TRADES layout.
+
+Layer by layer the WRN-34-10 of TRADES (yaodongyu/TRADES ``models/wideresnet.py``; ARD, RSLAD and
+IAD copy it): pre-activation blocks (BN-ReLU-conv3x3-BN-ReLU-conv3x3), the shortcut a 1x1 conv of
+the activated input where the width changes, final BN-ReLU, global average pooling, a linear head;
+and its initialization: convs N(0, 2 / (k*k*out_channels)), BatchNorm weight 1 and bias 0, the
+head's bias 0. One difference: the official class also builds ``sub_block1``, a copy of the first
+stage that ``forward`` never calls (2,102,112 parameters at width 10); rkbench leaves it out, so
+WRN-34-10 has 46,160,474 parameters here against 48,262,586 there, with the same function.
+"""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +51,15 @@ class WideResNet(Classifier):
                 in_planes = widths[stage]
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(in_planes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
 
     def extract(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn(self.blocks(self.conv1(x))))

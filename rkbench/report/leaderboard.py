@@ -9,6 +9,7 @@ import pandas as pd
 from ..errors import RkbenchError
 from ..store import holds_results, write_text
 from .frame import Results, aggregate_frame, collect, per_seed_frame, public
+from .paper import DEFAULT_TOLERANCE, against_paper, legend
 from .query import leaderboard
 from .text import display_frame, to_csv, to_json, to_markdown
 
@@ -54,13 +55,38 @@ def render(frame: pd.DataFrame, fmt: str, teachers: pd.DataFrame | None = None, 
     raise RkbenchError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
+def paper_report(results: Results, fmt: str, tolerance: float = DEFAULT_TOLERANCE) -> tuple[str, pd.DataFrame]:
+    """The published numbers beside the measured ones (report/paper.py) as md, csv or json."""
+    if fmt not in ("md", "csv", "json"):
+        raise RkbenchError(f"--against-paper writes md, csv or json, not {fmt}")
+    if tolerance < 0:
+        raise RkbenchError(f"--tolerance must be >= 0 points, got {tolerance:g}")
+    frame = against_paper(results, tolerance)
+    if frame.empty:
+        raise RkbenchError(f"{', '.join(results.sources)}: no published numbers (references.json); give the "
+                           f"suite a 'references:' section and run it again (finished runs are not retrained)")
+    if fmt == "md":
+        return to_markdown(frame, legend=False) + legend(frame, tolerance), frame
+    if fmt == "csv":
+        return to_csv(frame), frame
+    return to_json(frame, None, {"view": "against_paper", "tolerance": tolerance, "sources": results.sources}), frame
+
+
 def report(paths, fmt: str = "md", per_seed: bool = False, where=(), sort: str | None = None,
-           pivot_by: str | None = None, value: str = "worst_case", out: str | Path | None = None):
+           pivot_by: str | None = None, value: str = "worst_case", out: str | Path | None = None,
+           against_paper: bool = False, tolerance: float = DEFAULT_TOLERANCE):
     """Build a report; returns (text or None, the frame, Results). ``png`` writes the plots into
-    ``out`` (a directory) and returns no text."""
+    ``out`` (a directory) and returns no text. ``against_paper``: the suites' published numbers
+    beside the measured ones instead of the leaderboard."""
     if fmt not in FORMATS:
         raise RkbenchError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     results = collect(paths)
+    if against_paper:
+        if pivot_by or per_seed or where or sort:
+            raise RkbenchError("--against-paper prints one row per published number; drop --pivot, --per-seed, "
+                               "--where and --sort")
+        text, frame = paper_report(results, fmt, tolerance)
+        return text, frame, results
     frame = leaderboard(None, per_seed=per_seed, where=where, sort=sort, pivot_by=pivot_by, value=value,
                         results=results, internal=True)
     if fmt == "png":
@@ -95,7 +121,12 @@ def write_leaderboard(results_dir: str | Path) -> pd.DataFrame:
     frame = leaderboard(None, results=results, internal=True)
     teachers = teachers_table(results)
     write_text(results_dir / "leaderboard.csv", render(frame, "csv"))
-    write_text(results_dir / "leaderboard.md", render(frame, "md", teachers))
+    text = render(frame, "md", teachers)
+    compared = against_paper(results)
+    if not compared.empty:  # the suite carries published numbers
+        text += ("\nAgainst the papers (`rkbench report DIR --against-paper`):\n\n"
+                 + to_markdown(compared, legend=False) + legend(compared, DEFAULT_TOLERANCE))
+    write_text(results_dir / "leaderboard.md", text)
     return public(frame)
 
 

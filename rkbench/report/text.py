@@ -13,7 +13,7 @@ from .frame import FLAG_HELP, SCHEMA_VERSION, public
 COUNTS = {"params", "madds"}
 INTEGERS = {"seed", "seeds"}
 DECIMALS = {"transfer_ratio": 3, "grad_cosine": 3, "train_s": 1, "local_linearity": 4}
-SIGNED = {"delta_at"}
+SIGNED = {"delta_at", "difference"}
 ROUND = {"transfer_ratio": 4, "grad_cosine": 4, "local_linearity": 6}  # CSV/JSON; everything else 2 (and %)
 HIDDEN_IN_TABLES = {"cascade", "seed_list", "run_id"}  # Markdown, console and HTML (run ids as tooltips there)
 
