@@ -57,7 +57,7 @@ def group_batch(clean, robust, x, y, epoch, epochs=10):
 
 def test_mtard_loss_and_weight_update_over_two_steps_match_hand_computation(setup):
     student, clean, robust, x, y = setup
-    params = {"weight_lr": 0.4, "beta": 2.0, "clean_weight": 0.3, "weight_lr_milestones": [0.5]}
+    params = {"weight_lr": 0.4, "beta": 2.0, "clean_weight": 0.3, "weight_lr_milestones": [0.5], "loss_scale": 10}
     method = build_method("mtard", params, THREAT, seed=4)
     replay = build_method("mtard", params, THREAT, seed=4).generator  # the same noise, drawn by hand
     optimizer = torch.optim.SGD(student.parameters(), lr=0.5)
@@ -67,8 +67,8 @@ def test_mtard_loss_and_weight_update_over_two_steps_match_hand_computation(setu
         loss = method.loss(student, batch)
         x_adv = hand_attack(student, x, y, replay, 3, 0.03, 0.1)
         with torch.no_grad():
-            adv = hand_kl_mean(student(x_adv), robust(x_adv))  # the robust teacher on x_adv
-            nat = hand_kl_mean(student(x), clean(x))  # the clean teacher on x
+            adv = 10 * hand_kl_mean(student(x_adv), robust(x_adv))  # the robust teacher on x_adv
+            nat = 10 * hand_kl_mean(student(x), clean(x))  # the clean teacher on x
         initial = initial or (adv, nat)
         r_adv, r_nat = (adv / initial[0]) ** 2, (nat / initial[1]) ** 2
         eta = 0.4 if epoch < 5 else 0.04

@@ -20,6 +20,7 @@ class MTARDParams(AdversarialParams):
                     "(official: epochs 215, 260, 285 of 300, with the learning rate)")
     weight_lr_gamma: float = Field(0.1, gt=0, description="factor of eta at each milestone (0.1)")
     kl_reduction: KLReduction = "mean"
+    loss_scale: float = Field(1.0, gt=0, description="both terms x this (the CIFAR-100 script: 10 x mean)")
 
 
 @METHODS.register("mtard", description="MTARD: w_adv*KL(T_rob(x_adv)||S(x_adv)) + w_clean*KL(T_clean(x)||S(x)), "
@@ -52,6 +53,7 @@ class MTARD(AdversarialMethod):
     - The code's term is -p_T log p_S + p_T log(p_T + 1e-5) averaged over batch x classes, i.e.
       ``kl_reduction='mean'`` up to the 1e-5, which moves each term by less than 1e-5 (rkbench
       computes the exact KL, also for the weight update).
+      The CIFAR-100 script multiplies both terms by 10 (``loss_scale: 10``).
     - Its attack starts unclipped at x + 0.001 * N(0, 1); rkbench clips the start to [0, 1].
     - The code keeps a checkpoint per evaluation; rkbench keeps the last epoch.
     The entropy-based temperature balance belongs to the TPAMI extension (B-MTARD), not to this code.
@@ -93,8 +95,8 @@ class MTARD(AdversarialMethod):
                                        steps=steps, step_size=step_size, generator=self.generator)
         with torch.no_grad():
             robust_adv = batch.teachers["robust"](x_adv)
-        adv = kl_divergence(student(x_adv), robust_adv, 1.0, p.kl_reduction)
-        clean = kl_divergence(student(batch.x), batch.teachers_logits["clean"], 1.0, p.kl_reduction)
+        adv = p.loss_scale * kl_divergence(student(x_adv), robust_adv, 1.0, p.kl_reduction)
+        clean = p.loss_scale * kl_divergence(student(batch.x), batch.teachers_logits["clean"], 1.0, p.kl_reduction)
         w_clean = self.update_weights(adv.item(), clean.item(), batch.epoch, batch.epochs)
         return (1 - w_clean) * adv + w_clean * clean
 
