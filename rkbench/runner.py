@@ -39,7 +39,7 @@ class _Pending:
     title: str
     reuse: bool  # finished weights exist: evaluate only
     student: torch.nn.Module
-    teacher: torch.nn.Module | None
+    teacher: torch.nn.Module | dict[str, torch.nn.Module] | None  # a group's teachers by role
     method: object
     train_seconds: float | None = None
     error: BaseException | None = None
@@ -151,6 +151,12 @@ class SuiteRunner:
                 "threat": self.suite.threat.model_dump(mode="json")}
 
     # -- teachers -----------------------------------------------------------------------------
+    def teachers_of(self, plan: TeacherPlan) -> torch.nn.Module | dict[str, torch.nn.Module]:
+        """What a run distills from: its teacher, or its group's teachers by role (each loaded once)."""
+        if plan.members is not None:
+            return {role: self.teacher(member) for role, member in plan.members.items()}
+        return self.teacher(plan)
+
     def teacher(self, plan: TeacherPlan) -> torch.nn.Module:
         if plan.teacher_id in self._teachers:
             return self._teachers[plan.teacher_id]
@@ -269,14 +275,14 @@ class SuiteRunner:
         directory = store.run_dir(self.results_dir, run.run_id)
         metrics = store.read_json_or_none(directory / store.METRICS)
         store.remove_stale_temporaries(directory)  # left by a process killed mid-write
-        title = f"{run.student.name} <- {run.method.label}" + (f" ({run.teacher.spec.name})" if run.teacher else "")
+        title = f"{run.student.name} <- {run.method.label}" + (f" ({run.teacher.label})" if run.teacher else "")
         store.write_json(directory / store.CONFIG, {**run.describe(), "identity": run.identity(),
                                                     "suite": self.suite.name})
         weights = directory / store.STUDENT
         reuse = self._reusable(directory, metrics)
         # the teacher before the seed: loading it (fresh process, worker, job) must not move the
         # random stream the student's initialization and training draw from
-        teacher = self.teacher(run.teacher) if run.teacher and not reuse else None
+        teacher = self.teachers_of(run.teacher) if run.teacher and not reuse else None
         torch.manual_seed(run.seed)
         student = build_model(run.student.model, self.data.num_classes, self.data.input_shape, **run.student.options)
         if reuse:
@@ -346,8 +352,8 @@ class SuiteRunner:
     def diagnostics_wanted(self, run: RunSpec) -> int:
         """How many examples the run's diagnostics use; 0 when the suite does not ask for them."""
         evaluation = self.suite.evaluation
-        if not evaluation.diagnostics or run.teacher is None:
-            return 0
+        if not evaluation.diagnostics or run.teacher is None or run.teacher.members is not None:
+            return 0  # the diagnostics compare a student with one teacher
         return min(evaluation.diagnostics_examples, self.eval_count())
 
     def diagnostics_current(self, run: RunSpec, metrics: dict) -> bool:
@@ -366,7 +372,7 @@ class SuiteRunner:
                                         self.suite.threat, self.suite.evaluation.batch_size, seed=run.seed)}
 
     def needed_teachers(self) -> list[TeacherPlan]:
-        needed = {run.teacher.teacher_id for run in self.runs if run.teacher}
+        needed = {plan.teacher_id for run in self.runs if run.teacher for plan in run.teacher.single_teachers()}
         return [plan for plan in self.teacher_plans if plan.teacher_id in needed]
 
     def prepare_teachers(self) -> None:

@@ -153,9 +153,14 @@ class DatasetSpec(Strict):
 
 
 class TeacherSpec(Strict):
+    """One teacher (``source`` and its options), or a ``group``: the suite's teachers by role, e.g.
+    ``{clean: nat_cnn, robust: at_cnn}``, for the methods that distill from several (MTARD)."""
+
     name: str
-    source: str
-    # the method labels distilled from this teacher (default: every method that uses a teacher)
+    source: str | None = None
+    group: dict[str, str] | None = None
+    # the method labels distilled from this teacher (default: every method that uses a teacher of
+    # its kind: one teacher, or a group with the method's roles)
     methods: list[str] | None = None
     options: dict = Field(default_factory=dict)
 
@@ -165,8 +170,18 @@ class TeacherSpec(Strict):
         if isinstance(value, dict) and "options" not in value:
             rest = dict(value)
             return {"name": rest.pop("name", None), "source": rest.pop("source", None),
-                    "methods": rest.pop("methods", None), "options": rest}
+                    "group": rest.pop("group", None), "methods": rest.pop("methods", None), "options": rest}
         return value
+
+    @model_validator(mode="after")
+    def _source_or_group(self):
+        if (self.source is None) == (self.group is None):
+            raise ValueError(f"teacher {self.name!r}: give a source (one teacher) or a group "
+                             f"(role: teacher name, e.g. {{clean: A, robust: B}}), not {'both' if self.source else 'neither'}")
+        if self.group is not None and (not self.group or self.options):
+            raise ValueError(f"group {self.name!r}: " + (f"takes no options ({', '.join(self.options)})" if self.options
+                                                          else "names no teachers"))
+        return self
 
 
 class StudentSpec(Strict):
@@ -235,6 +250,12 @@ class Suite(Strict):
 
     def uses_teacher(self, spec: MethodSpec) -> bool:
         return METHODS.get(spec.method).uses_teacher or METHODS.get(spec.method).uses_teacher_features
+
+    def pairs(self, method: MethodSpec, teacher: TeacherSpec) -> bool:
+        """Whether ``method`` distills from ``teacher``: one teacher for a one-teacher method, a group
+        with exactly the method's roles for a multi-teacher one; and the teacher's ``methods``, if given."""
+        kind_matches = set(METHODS.get(method.method).teacher_roles) == set(teacher.group or ())
+        return kind_matches and (teacher.methods is None or method.label in teacher.methods)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -372,6 +393,8 @@ def check_suite(suite: Suite, source: str) -> None:
         suite.training_for(spec.training, f"{where}.training")
 
     for index, teacher in enumerate(suite.teachers):
+        if teacher.group is not None:
+            continue  # checked below, once every teacher's name is known
         where = f"{source}: teachers.{index}"
         _named(TEACHER_SOURCES, teacher.source, f"{where}.source")
         option = TEACHER_SOURCES.get(teacher.source).name_option  # e.g. robustbench: model_name = the name
@@ -403,9 +426,10 @@ def check_suite(suite: Suite, source: str) -> None:
                 hint = f"; did you mean {close[0]!r}?" if close else f"; the suite's methods: {', '.join(labels)}"
                 raise ConfigError(f"{source}: teachers.{index}.methods: no method labelled {label!r}{hint}")
     _unique([m.label for m in suite.methods], f"{source}: methods", "method label")
+    _check_groups(suite, source)
 
-    if any(suite.uses_teacher(m) for m in suite.methods) and not suite.teachers:
-        needing = [m.label for m in suite.methods if suite.uses_teacher(m)]
+    needing = [m.label for m in suite.methods if suite.uses_teacher(m) and not METHODS.get(m.method).teacher_roles]
+    if needing and not any(t.group is None for t in suite.teachers):
         raise ConfigError(f"{source}: teachers: methods {', '.join(needing)} distill from a teacher, "
                           f"but the suite names none")
 
@@ -438,13 +462,38 @@ def check_references(suite: Suite, source: str) -> None:
             if reference.teacher is not None:
                 raise ConfigError(f"{where}.teacher: method {spec.label!r} has no teacher; drop the teacher")
         else:
-            paired = [t.name for t in suite.teachers if t.methods is None or spec.label in t.methods]
+            paired = [t.name for t in suite.teachers if suite.pairs(spec, t)]
             if reference.teacher not in paired:
                 raise ConfigError(f"{where}.teacher: {reference.teacher!r} is not a teacher of method "
                                   f"{spec.label!r}; its teachers: {', '.join(paired)}")
         if reference.row in seen:
             raise ConfigError(f"{where}: a second reference for {' x '.join(reference.row)}; give one per row")
         seen.add(reference.row)
+def _check_groups(suite: Suite, source: str) -> None:
+    """Groups name the suite's single teachers; each method is paired with teachers of its kind."""
+    singles = [t.name for t in suite.teachers if t.group is None]
+    by_label = {m.label: m for m in suite.methods}
+    for index, teacher in enumerate(suite.teachers):
+        where = f"{source}: teachers.{index}"
+        for role, name in (teacher.group or {}).items():
+            if name not in singles:
+                close = difflib.get_close_matches(name, singles, n=1, cutoff=0.5)
+                hint = (f"; did you mean {close[0]!r}?" if close
+                        else f"; the suite's teachers: {', '.join(singles) or 'none'}")
+                raise ConfigError(f"{where}.group.{role}: no teacher named {name!r} (a group names single "
+                                  f"teachers){hint}")
+        for label in teacher.methods or []:
+            roles = METHODS.get(by_label[label].method).teacher_roles
+            if set(roles) != set(teacher.group or ()):
+                wanted = (f"distills from a group with roles {', '.join(roles)}" if roles
+                          else "distills from one teacher, not a group")
+                raise ConfigError(f"{where}.methods: {label!r} {wanted}")
+    for spec in suite.methods:
+        roles = METHODS.get(spec.method).teacher_roles
+        if roles and not any(suite.pairs(spec, teacher) for teacher in suite.teachers):
+            example = ", ".join(f"{role}: NAME" for role in roles)
+            raise ConfigError(f"{source}: methods.{spec.label}: distills from teachers {', '.join(roles)}; add a "
+                              f"teacher group for it, e.g. {{name: both, group: {{{example}}}}}")
 
 
 def _unique(names: list[str], where: str, what: str) -> None:
@@ -479,10 +528,21 @@ class TeacherPlan:
     spec: TeacherSpec
     identity: dict
     training: TrainingConfig | None  # for teachers trained in the suite
+    members: dict[str, TeacherPlan] | None = None  # a group: its teachers by role
 
     @property
     def teacher_id(self) -> str:
         return config_hash(self.identity)
+
+    @property
+    def label(self) -> str:
+        """The name reports show: the teacher's, or every member's with its role (clean=a,robust=b)."""
+        if self.members is None:
+            return self.spec.name
+        return ",".join(f"{role}={plan.spec.name}" for role, plan in self.members.items())
+
+    def single_teachers(self) -> list[TeacherPlan]:
+        return list(self.members.values()) if self.members is not None else [self]
 
 
 @dataclass
@@ -515,7 +575,7 @@ class RunSpec:
         return config_hash(self.identity())
 
     def describe(self) -> dict:
-        return {"run_id": self.run_id, "teacher": self.teacher.spec.name if self.teacher else "-",
+        return {"run_id": self.run_id, "teacher": self.teacher.label if self.teacher else "-",
                 "student": self.student.name, "method": self.method.label, "seed": self.seed}
 
 
@@ -532,14 +592,23 @@ def plan_teacher(suite: Suite, spec: TeacherSpec) -> TeacherPlan:
     return TeacherPlan(spec, identity, training)
 
 
+def plan_group(spec: TeacherSpec, singles: dict[str, TeacherPlan]) -> TeacherPlan:
+    """A group's identity is its members' by role: a run of it names every teacher it distills from."""
+    members = {role: singles[name] for role, name in spec.group.items()}
+    return TeacherPlan(spec, {"group": {role: plan.identity for role, plan in members.items()}}, None, members)
+
+
 def expand(suite: Suite) -> tuple[list[TeacherPlan], list[RunSpec]]:
-    """teacher x student x method x seed; methods without a teacher run once per student and seed."""
-    teachers = [plan_teacher(suite, spec) for spec in suite.teachers]
+    """teacher x student x method x seed; methods without a teacher run once per student and seed.
+    The teacher plans returned are the single teachers; a group's runs hold a plan of its members."""
+    singles = {spec.name: plan_teacher(suite, spec) for spec in suite.teachers if spec.group is None}
+    plans = [singles[spec.name] if spec.group is None else plan_group(spec, singles) for spec in suite.teachers]
+    teachers = list(singles.values())
     runs: list[RunSpec] = []
     seen: set[str] = set()
     for method in suite.methods:
         training = suite.training_for(method.training, f"methods.{method.label}.training")
-        paired = [t for t in teachers if t.spec.methods is None or method.label in t.spec.methods]
+        paired = [t for t in plans if suite.pairs(method, t.spec)]
         for teacher in (paired if suite.uses_teacher(method) else [None]):
             for student in suite.students:
                 for seed in training.seeds:

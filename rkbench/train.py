@@ -11,9 +11,10 @@ import copy
 import math
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
 
 import torch
 from torch import nn
@@ -28,6 +29,16 @@ from .store import CHECKPOINT, atomic_write
 
 class TrainingDiverged(RkbenchError):
     """The loss became NaN or infinite."""
+
+
+# what a run distills from: one frozen teacher, or a teacher group's by role (multi-teacher methods)
+Teachers = Union[nn.Module, Mapping[str, nn.Module], None]
+
+
+def teacher_models(teacher: Teachers) -> list[nn.Module]:
+    if teacher is None:
+        return []
+    return list(teacher.values()) if isinstance(teacher, Mapping) else [teacher]
 
 
 @dataclass
@@ -193,7 +204,7 @@ class Trainer:
         # the free family replays every batch m times: dividing epochs keeps the cost of plain training
         return max(1, math.ceil(self.config.epochs / method.replays))
 
-    def fit(self, student: nn.Module, method: Method, data: TensorDataset, teacher: nn.Module | None = None,
+    def fit(self, student: nn.Module, method: Method, data: TensorDataset, teacher: Teachers = None,
             seed: int = 0) -> TrainResult:
         job = TrainJob(student, method, seed, self.work_dir, self.log, self.on_epoch)
         self.fit_many([job], data, teacher)
@@ -206,9 +217,10 @@ class Trainer:
         """Jobs with equal keys (and the same teacher and training config) can share every batch."""
         return (seed, method.replays, method.holdout)
 
-    def fit_many(self, jobs: list[TrainJob], data: TensorDataset, teacher: nn.Module | None = None) -> list[TrainJob]:
+    def fit_many(self, jobs: list[TrainJob], data: TensorDataset, teacher: Teachers = None) -> list[TrainJob]:
         """Train ``jobs`` in lock-step on one data order: the batch, its augmentation and the
-        teacher's outputs are computed once per batch for all of them. The results equal those of
+        teacher's outputs are computed once per batch for all of them (``teacher``: one model, or a
+        teacher group's models by role, each run once per batch). The results equal those of
         separate runs with the same seed (each job keeps its own model, optimizer, method RNG and
         checkpoint). A job that raises is recorded in ``job.error`` and the others go on."""
         keys = {self.lockstep_key(job.method, job.seed) for job in jobs}
@@ -221,21 +233,22 @@ class Trainer:
         try:
             return self._fit_many(jobs, data, teacher, performance)
         finally:  # the teacher is shared with later runs and evaluations: always back to the default layout
-            if teacher is not None:
-                performance.release_model(teacher)
+            for model in teacher_models(teacher):
+                performance.release_model(model)
             for job in jobs:
                 performance.release_model(job.student)
 
-    def _fit_many(self, jobs: list[TrainJob], data: TensorDataset, teacher: nn.Module | None,
+    def _fit_many(self, jobs: list[TrainJob], data: TensorDataset, teacher: Teachers,
                   performance: Performance) -> list[TrainJob]:
         config, device = self.config, self.device
         first = jobs[0]
         seed, replays, holdout = self.lockstep_key(first.method, first.seed)
-        runnable_teacher = None
-        if teacher is not None:
-            performance.place_model(teacher).eval()
-            teacher.requires_grad_(False)  # gradients reach the students only
-            runnable_teacher = performance.runnable(teacher)
+        for model in teacher_models(teacher):
+            performance.place_model(model).eval()
+            model.requires_grad_(False)  # gradients reach the students only
+        group = isinstance(teacher, Mapping)
+        runnable_group = {role: performance.runnable(model) for role, model in teacher.items()} if group else None
+        runnable_teacher = performance.runnable(teacher) if teacher is not None and not group else None
         epochs = self.epochs_for(first.method)
         states = [_JobState(job, config, performance, teacher, epochs) for job in jobs]
         if performance.describe():
@@ -257,8 +270,11 @@ class Trainer:
         start_epoch = min(state.start_epoch for state in states)
         if any(state.start_epoch != start_epoch for state in states):
             raise ValueError("jobs trained in lock-step must resume from the same epoch")
-        needs_logits = teacher is not None and any(j.method.needs_teacher_logits for j in jobs)
-        needs_features = teacher is not None and any(j.method.uses_teacher_features for j in jobs)
+        needs_logits = runnable_teacher is not None and any(j.method.needs_teacher_logits for j in jobs)
+        needs_features = runnable_teacher is not None and any(j.method.uses_teacher_features for j in jobs)
+        # a group: the roles whose clean-batch logits some method reads, each computed once per batch
+        group_roles = [role for role in runnable_group or {}
+                       if any(role in j.method.clean_logits_roles for j in jobs)]
 
         x_train, y_train = performance.place_dataset(x_train, y_train)
         step = start_epoch * steps_per_epoch
@@ -275,10 +291,12 @@ class Trainer:
                 index = order[start:start + config.batch_size]
                 x = augment(performance.transfer(x_train[index]), data.augment, generator=data_generator)
                 x, y = performance.formatted(x), performance.transfer(y_train[index])
-                batch = Batch(x=x, y=y, teacher=runnable_teacher, epoch=epoch, epochs=epochs)
+                batch = Batch(x=x, y=y, teacher=runnable_teacher, teachers=runnable_group, epoch=epoch, epochs=epochs)
                 if needs_logits or needs_features:
                     # computed once per batch, shared by every replay, loss term and student
                     teacher_outputs(runnable_teacher, batch, needs_features, performance)
+                if group_roles:
+                    group_outputs(runnable_group, group_roles, batch, performance)
                 running = [s for s in active if s.job.error is None]
                 shared = (time.perf_counter() - shared_started) / max(len(running), 1)
                 for state in running:
@@ -340,6 +358,13 @@ def teacher_outputs(teacher: nn.Module, batch: Batch, with_features: bool, perfo
         else:
             logits = teacher(batch.x)
         batch.teacher_logits = logits.float()
+
+
+def group_outputs(teachers: Mapping[str, nn.Module], roles: list[str], batch: Batch,
+                  performance: Performance) -> None:
+    """A teacher group's logits on the clean batch, for ``roles``, once per batch like ``teacher_outputs``."""
+    with torch.no_grad(), performance.autocast():
+        batch.teachers_logits = {role: teachers[role](batch.x).float() for role in roles}
 
 
 def teacher_forward_with_features(teacher: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

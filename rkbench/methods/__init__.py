@@ -1,6 +1,6 @@
 """Methods (one file each): a loss over a batch, registered with ``@METHODS.register``."""
 from . import (  # noqa: F401  (importing registers the built-in methods)
-    adaad, ard, at, fast_ard, fgsm_rs, free_at, iad, kd, kdiga, natural, rrm, rslad, trades,
+    adaad, ard, at, fast_ard, fgsm_rs, free_at, iad, kd, kdiga, mtard, natural, rrm, rslad, trades,
 )
 from .base import METHODS, Batch, Method, MethodParams, build_method, model_mode
 from .losses import kl_divergence

@@ -2,12 +2,13 @@
 
 - ``AdversarialMethod.craft``: PGD on the student maximizing CE to the labels (AT, ARD, IAD).
 - ``AdversarialMethod.craft_kl`` / ``kl_attack``: PGD maximizing KL(P || S(x')) without labels, from
-  x + 0.001 * N(0, 1) (TRADES, RSLAD, AdaAD).
+  x + 0.001 * N(0, 1) (TRADES, RSLAD, AdaAD); ``noise_start_attack`` is that loop for any objective
+  (MTARD: CE to the labels).
 - ``FreePerturbation``: the persistent perturbation of the "free" family (Free-AT, Fast-ARD).
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from pydantic import Field
@@ -34,27 +35,35 @@ def ascend(x: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, norm: str, 
     return (x + project(x_adv + ascent_step(grad, norm, step_size) - x, norm, eps)).clamp(0, 1)
 
 
-def kl_attack(student: nn.Module, x: torch.Tensor, threat: ThreatModel, *, steps: int, step_size: float,
-              generator: torch.Generator | None, target_logits: torch.Tensor | None = None,
-              teacher: nn.Module | None = None) -> torch.Tensor:
-    """x' maximizing KL(P || S(x')) in the threat model's ball, without labels.
-
-    P = softmax(``target_logits``), fixed (TRADES: S(x); RSLAD: T(x)), or with ``teacher``,
-    softmax(teacher(x')) recomputed at every step with the gradient through both models (AdaAD).
-    Starts at x + 0.001 * N(0, 1) clipped to [0, 1] (the official code leaves the start unclipped);
-    the caller chooses the student's train/eval mode. The KL's reduction only scales the gradient,
-    which the signed (or normalized) step ignores.
-    """
+def noise_start_attack(x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor], threat: ThreatModel, *,
+                       steps: int, step_size: float, generator: torch.Generator | None) -> torch.Tensor:
+    """x' maximizing ``objective(x')`` in the threat model's ball, from x + 0.001 * N(0, 1) clipped to
+    [0, 1] (the official TRADES-style codes leave the start unclipped). The objective's reduction
+    only scales the gradient, which the signed (or normalized) step ignores."""
     noise = torch.randn(x.shape, generator=generator, device="cpu").to(x.device, x.dtype)
     x_adv = (x + 0.001 * noise).clamp(0, 1).detach()
     for _ in range(steps):
         x_adv.requires_grad_(True)
-        target = teacher(x_adv) if teacher is not None else target_logits
         # gradient w.r.t. the input only: no weight gradients are computed or left behind
-        (grad,) = torch.autograd.grad(kl_divergence(student(x_adv), target), x_adv)
+        (grad,) = torch.autograd.grad(objective(x_adv), x_adv)
         with torch.no_grad():
             x_adv = ascend(x, x_adv, grad, threat.norm, threat.eps, step_size)
     return x_adv.detach()
+
+
+def kl_attack(student: nn.Module, x: torch.Tensor, threat: ThreatModel, *, steps: int, step_size: float,
+              generator: torch.Generator | None, target_logits: torch.Tensor | None = None,
+              teacher: nn.Module | None = None) -> torch.Tensor:
+    """x' maximizing KL(P || S(x')) in the threat model's ball, without labels (``noise_start_attack``).
+
+    P = softmax(``target_logits``), fixed (TRADES: S(x); RSLAD: T(x)), or with ``teacher``,
+    softmax(teacher(x')) recomputed at every step with the gradient through both models (AdaAD).
+    The caller chooses the student's train/eval mode.
+    """
+    def objective(x_adv):
+        return kl_divergence(student(x_adv), teacher(x_adv) if teacher is not None else target_logits)
+
+    return noise_start_attack(x, objective, threat, steps=steps, step_size=step_size, generator=generator)
 
 
 class AdversarialMethod(Method):

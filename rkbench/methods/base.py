@@ -29,6 +29,10 @@ class Batch:
     teacher_logits: torch.Tensor | None = None  # teacher(x) on the clean batch, no grad, eval mode
     teacher_features: torch.Tensor | None = None  # teacher's penultimate features, likewise
     teacher: nn.Module | None = None  # frozen teacher, for methods that query it on other inputs
+    # a run with a teacher group (multi-teacher methods): the frozen teachers by role, and the
+    # logits on the clean batch of the roles the methods read (``Method.clean_logits_roles``)
+    teachers: dict[str, nn.Module] | None = None
+    teachers_logits: dict[str, torch.Tensor] | None = None
     epoch: int = 0
     epochs: int = 1
 
@@ -37,6 +41,9 @@ class Method:
     Params: type[MethodParams] = MethodParams
     uses_teacher: bool = False  # needs a teacher; the trainer fills Batch.teacher_logits (see below)
     uses_teacher_features: bool = False  # ... and Batch.teacher_features
+    # a multi-teacher method: the roles of the teacher group it distills from, e.g. ("clean", "robust");
+    # the suite pairs it with groups of exactly these roles (``teachers: [{name, group: {role: teacher}}]``)
+    teacher_roles: tuple[str, ...] = ()
     replays: int = 1  # the "free" family replays each batch m times (epochs are divided by m)
     holdout: int = 0  # training examples the trainer withholds from training and hands to end_epoch
 
@@ -45,6 +52,12 @@ class Method:
         """Whether the loss reads ``Batch.teacher_logits``: only then does the trainer run the teacher
         on the clean batch (a method that queries the teacher itself, on other inputs, says False)."""
         return self.uses_teacher
+
+    @property
+    def clean_logits_roles(self) -> tuple[str, ...]:
+        """A multi-teacher method: the roles whose logits on the clean batch the loss reads
+        (``Batch.teachers_logits``), computed once per batch by the trainer; default: every role."""
+        return self.teacher_roles
 
     def __init__(self, params: MethodParams, threat: ThreatModel, seed: int = 0):
         self.params = params
