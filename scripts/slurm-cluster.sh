@@ -87,11 +87,11 @@ JobAcctGatherType=jobacct_gather/none
 # a job past its time limit gets SIGTERM, then SIGKILL KillWait seconds later; OverTimeLimit lets it
 # run one more minute past the limit, so that the warning signal submitit asks for (USR2) always
 # arrives, checkpoints and requeues before the kill, even with the 30 s granularity of the checks
-KillWait=10
+KillWait=5
 OverTimeLimit=1
 MinJobAge=600
 # a requeued job (time limit, preemption) may start again after this many seconds (default 120)
-AuthInfo=cred_expire=10
+AuthInfo=cred_expire=5
 InactiveLimit=0
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
