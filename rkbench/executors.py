@@ -325,31 +325,59 @@ class Requeueable:
         return DelayedSubmission(self, *args)
 
 
-class _OneSacctLine:
-    """A logging filter for submitit: without accounting (no slurmdbd, as on many small
-    clusters) every status poll fails to call sacct and submitit logs it twice (stdout and
-    stderr); one line in all says so instead."""
+def _sacct_answers() -> bool:
+    import subprocess
 
-    def __init__(self, say):
-        self.say, self.said = say, False
-
-    def filter(self, record) -> bool:
-        if "sacct" not in record.getMessage():
-            return True
-        if not self.said:
-            self.said = True
-            self.say("note: sacct does not answer (accounting disabled?): job states are read from "
-                     "the jobs' result files")
+    try:
+        return subprocess.run(["sacct", "-n", "-j", "1"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
         return False
 
 
-def quiet_sacct(say) -> None:
-    import logging
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
+                "DEADLINE", "SPECIAL_EXIT"}
 
-    logger = logging.getLogger("submitit")
-    for old in [f for f in logger.filters if isinstance(f, _OneSacctLine)]:
-        logger.removeFilter(old)
-    logger.addFilter(_OneSacctLine(say))
+
+def _squeue_watcher():
+    """A submitit job watcher that reads job states from ``squeue`` (which lists finished jobs for
+    MinJobAge seconds) instead of ``sacct``, for clusters without accounting."""
+    import getpass
+
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    class SqueueInfoWatcher(SlurmInfoWatcher):
+        def _make_command(self):
+            if not self._registered - self._finished:
+                return None
+            return ["squeue", "-h", "-r", "-t", "all", "-u", getpass.getuser(), "-o", "%i|%T|%N"]
+
+        def is_done(self, job_id, mode="standard"):
+            # only a final state ends a job (a requeued one passes through COMPLETING, REQUEUED, ...)
+            return self.get_state(job_id, mode=mode).split()[0] in FINAL_STATES
+
+        def read_info(self, string):
+            text = string.decode() if isinstance(string, bytes) else string
+            info = {}
+            for line in text.splitlines():
+                parts = line.strip().split("|")
+                if len(parts) == 3:
+                    info[parts[0]] = {"JobID": parts[0], "State": parts[1], "NodeList": parts[2]}
+            return info
+
+    return SqueueInfoWatcher(delay_s=60)
+
+
+def watch_without_sacct(say) -> None:
+    """Without accounting (no slurmdbd, as on many small clusters) sacct fails on every status
+    poll, and sacct and submitit each print a line about it, twice a poll: ask sacct once, and
+    when it does not answer read job states from squeue, saying so in one line."""
+    from submitit.slurm import slurm
+
+    if type(slurm.SlurmJob.watcher) is not slurm.SlurmInfoWatcher:  # already chosen in this process
+        return
+    if not _sacct_answers():
+        slurm.SlurmJob.watcher = _squeue_watcher()
+        say("note: sacct does not answer here (no Slurm accounting): job states come from squeue")
 
 
 @EXECUTORS.register("slurm", description="Slurm jobs through submitit: a job per teacher, job arrays of runs "
@@ -380,7 +408,8 @@ class SlurmExecutor(Executor):
         if config.setup:
             parameters["slurm_setup" if config.cluster == "slurm" else "local_setup"] = list(config.setup)
         executor.update_parameters(**parameters)
-        quiet_sacct(runner.reporter.message)
+        if config.cluster == "slurm":
+            watch_without_sacct(runner.reporter.message)
         return executor
 
     def folder(self, runner) -> Path:
