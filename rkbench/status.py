@@ -49,6 +49,8 @@ def slurm_queue(job_ids: list[str]) -> dict[str, tuple[str, str]]:
 
 def _name(directory: Path, kind: str) -> str:
     config = store.read_json_or_none(directory / store.CONFIG) or {}
+    if not config:
+        return ""
     if kind == "teacher":
         return str(config.get("teacher", ""))
     label = f"{config.get('student', '')} <- {config.get('method', '')}"

@@ -18,7 +18,7 @@ import yaml
 from click.testing import CliRunner
 
 from rkbench.cli import main
-from test_runs_survive import metrics_of
+from test_runs_survive import SUITE, metrics_of
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("one_thread")]
 
@@ -36,16 +36,8 @@ LONG = {
     "training": {"epochs": 80, "batch_size": 128, "optimizer": {"lr": 0.05}, "seeds": [0], "threads": 1},
     "evaluation": {"attacks": [{"name": "pgd", "label": "pgd5", "steps": 5}], "n_examples": 100},
 }
-SHORT = {
-    "name": "graph",
-    "dataset": {"name": "digits"},
-    "threat": {"norm": "linf", "eps": 0.1, "step_size": 0.025, "steps": 2},
-    "teachers": [{"name": "t", "source": "train", "model": "cnn_tiny", "method": "natural", "training": {"epochs": 2}}],
-    "students": ["cnn_tiny"],
-    "methods": {"natural": {}, "kd": {"t": 4}},
-    "training": {"epochs": 2, "batch_size": 128, "optimizer": {"lr": 0.05}, "seeds": [0], "threads": 1},
-    "evaluation": {"attacks": [{"name": "pgd", "label": "pgd3", "steps": 3}], "n_examples": 100},
-}
+# a teacher and two runs, one of which distils from it (the suite of test_runs_survive, without AT)
+SHORT = {**SUITE, "name": "graph", "methods": {"natural": {}, "kd": {"t": 4}}}
 SLURM = ["--executor", "slurm", "--set", "executor.cpus_per_job=1", "--quiet"]
 
 
