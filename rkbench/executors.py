@@ -126,7 +126,7 @@ def execute_runs(suite: "Suite", results_dir: str, run_ids: list[str], retry_fai
 
 
 def prepare_teachers(suite: "Suite", results_dir: str, teacher_ids: list[str], threads: int | None = None) -> list[str]:
-    """Train/load and evaluate the given teachers once (a Slurm job before the runs' array)."""
+    """Train/load and evaluate the given teachers once (a worker task, or a Slurm job that arrays of runs depend on)."""
     import torch
 
     if threads:
@@ -306,6 +306,34 @@ class LocalExecutor(Executor):
             raise RkbenchError("; ".join(failed_teachers))
 
 
+def _survive_own_requeue() -> None:
+    """Wrap submitit's handler of the warning signal: it runs ``scontrol requeue`` on the job itself,
+    and Slurm, requeueing, may kill that very scontrol before it returns. The error would surface in
+    the middle of a training step and be recorded as the run's failure; the job is being requeued,
+    so it exits instead. Anything else the handler raises (no requeue left) goes on as before."""
+    import signal
+    import subprocess
+
+    try:
+        from submitit.core.job_environment import JobEnvironment
+
+        number = JobEnvironment._usr_sig()
+    except Exception:  # another submitit: its default signal
+        number = signal.SIGUSR2
+    handler = signal.getsignal(number)
+    if not callable(handler) or getattr(handler, "rkbench_wrapped", False):
+        return
+
+    def requeue(signum, frame):
+        try:
+            handler(signum, frame)
+        except subprocess.CalledProcessError as exc:
+            raise SystemExit(f"requeue interrupted: {exc}") from None
+
+    requeue.rkbench_wrapped = True
+    signal.signal(number, requeue)
+
+
 class Requeueable:
     """A Slurm job's function that survives its time limit and preemption: warned by Slurm before
     the limit (``signal_delay_s``), submitit calls ``checkpoint``, which resubmits the same call;
@@ -317,6 +345,7 @@ class Requeueable:
         self.function = function
 
     def __call__(self, *args):
+        _survive_own_requeue()
         return self.function(*args)
 
     def checkpoint(self, *args):
