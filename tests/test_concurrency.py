@@ -88,6 +88,24 @@ def test_two_rkbench_run_processes_train_every_run_exactly_once(tmp_path):
         assert output.count("mlp_small") >= 3 and "failed" not in output
 
 
+# -- a graph of work, not phases -----------------------------------------------------------------
+
+
+def test_runs_without_a_teacher_start_while_it_trains(tmp_path):
+    teacher = {"name": "t_at", "source": "train", "model": "cnn_tiny", "method": "at", "training": {"epochs": 6}}
+    suite = suite_from_dict(tiny_suite_dict(name="graph", teachers=[teacher], methods={"natural": {}, "kd": {"t": 4}},
+                                            executor={"workers": 2}))
+    run_suite(suite, tmp_path)
+    (teacher_dir,) = (tmp_path / store.TEACHERS).iterdir()
+    ready = (teacher_dir / store.TEACHER).stat().st_mtime
+    finished = {}
+    for directory in (tmp_path / store.RUNS).iterdir():
+        method = store.read_json(directory / store.CONFIG)["method"]
+        finished.setdefault(method, []).append((directory / store.METRICS).stat().st_mtime)
+    assert len(finished["natural"]) == len(finished["kd"]) == 2
+    assert max(finished["natural"]) < ready < min(finished["kd"])  # natural ran beside the teacher
+
+
 # -- one GPU per local worker ------------------------------------------------------------------
 
 
