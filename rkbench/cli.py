@@ -89,6 +89,8 @@ def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, execut
     with RichReporter(enabled=not quiet) as reporter:
         runner.reporter = reporter
         outcome = runner.run()
+    if outcome.outcomes and all(o.status == "submitted" for o in outcome.outcomes):
+        return  # submitted and not waited for (executor.wait=false): no results to show yet
     print_leaderboard(runner.results_dir)
     if outcome.failed:
         click.echo(f"{len(outcome.failed)} run(s) failed; see the status column and "
@@ -151,6 +153,23 @@ def report(results_dirs, fmt, out, sort, where, pivot_by, value, per_seed, again
         click.echo(f"wrote {out}")
     else:
         click.echo(text, nl=False)
+
+
+@main.command()
+@click.argument("results_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), metavar="DIR")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(results_dir, as_json):
+    """Pending, running, finished and failed teachers and runs of DIR, with their Slurm job ids."""
+    import dataclasses
+    import json
+
+    from .status import format_status, status_rows
+
+    rows = status_rows(results_dir)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
+    else:
+        click.echo(format_status(rows), nl=False)
 
 
 @main.command(name="eval")

@@ -1,10 +1,14 @@
 """Where the runs of a suite execute: in this process, in parallel worker processes, or as Slurm
 jobs through submitit. One registry; every executor does the same three things:
 
-1. teachers first: each teacher a run needs is trained (or loaded) and evaluated once, cached
-   under ``results/<suite>/teachers/``, before any run that depends on it starts;
-2. each pending run goes to ``SuiteRunner.run_one`` in some process (a run directory is written by
-   exactly one process; a finished run is skipped, an unfinished one resumes from its checkpoint);
+1. a graph of work, not phases: each teacher a run needs is trained (or loaded) and evaluated
+   once, cached under ``results/<suite>/teachers/``; a run starts as soon as its teacher is ready
+   (runs without a teacher at once), on a free worker or as a Slurm job depending (``afterok``)
+   on its teacher's job;
+2. each pending run goes to ``SuiteRunner.run_one`` in some process (a run directory is claimed by
+   exactly one process through its lock file; a finished run is skipped, an unfinished one
+   resumes from its checkpoint: a Slurm job that hits its time limit or is preempted requeues
+   itself and goes on from the run's last epoch);
 3. the leaderboard is rebuilt from the run files, never from in-memory results.
 
 Options live in the suite's ``executor:`` section (or on the command line: ``--executor``,
@@ -45,7 +49,8 @@ class ExecutorConfig(BaseModel):
 
     name: str = "local"
     # local
-    workers: int = Field(1, ge=1, description="parallel worker processes (local)")
+    workers: int | None = Field(None, ge=1, description="parallel worker processes (local; default: one "
+                                "per visible GPU when CUDA is present, else 1)")
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker "
                                            "(default: training.threads, else CPU cores / workers)")
     # slurm (through submitit)
@@ -63,16 +68,19 @@ class ExecutorConfig(BaseModel):
                              "e.g. 'source ~/venv/bin/activate'")
     slurm_additional: dict = Field(default_factory=dict, description="extra #SBATCH options, e.g. {account: x}")
     wait: bool = Field(True, description="wait for the jobs and rebuild the leaderboard (false: submit and exit)")
+    max_requeues: int = Field(10, ge=0, description="times a job may requeue itself after its time limit")
+    signal_delay_s: int = Field(90, ge=1, description="Slurm warns a job this many seconds before its time "
+                                "limit; the job then checkpoints and requeues")
 
     @model_validator(mode="before")
     @classmethod
     def _from_name(cls, value):
         return {"name": value} if isinstance(value, str) else value
 
-    def threads(self, suite_threads: int | None) -> int:
+    def threads(self, suite_threads: int | None, workers: int | None = None) -> int:
         if suite_threads:
             return suite_threads
-        return self.threads_per_worker or max(1, (os.cpu_count() or 1) // self.workers)
+        return self.threads_per_worker or max(1, (os.cpu_count() or 1) // (workers or self.workers or 1))
 
 
 class Executor:
@@ -118,7 +126,7 @@ def execute_runs(suite: "Suite", results_dir: str, run_ids: list[str], retry_fai
 
 
 def prepare_teachers(suite: "Suite", results_dir: str, teacher_ids: list[str], threads: int | None = None) -> list[str]:
-    """Train/load and evaluate the given teachers once (a Slurm job before the runs' array)."""
+    """Train/load and evaluate the given teachers once (a worker task, or a Slurm job that arrays of runs depend on)."""
     import torch
 
     if threads:
@@ -144,11 +152,42 @@ def _runner(suite: "Suite", results_dir: str, retry_failed: bool) -> "SuiteRunne
     return _RUNNERS[key]
 
 
-def _worker_init(threads: int) -> None:
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries ([] without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [entry.strip() for entry in listed.split(",") if entry.strip()]
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def _worker_init(threads: int, gpus=None) -> None:
+    """A worker process's first act: its GPU (one per worker, taken from the queue ``gpus``),
+    before anything touches CUDA, and its thread count."""
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus.get()
     import torch
 
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
+
+
+def worker_pool(workers: int, threads: int, gpus: list[str]):
+    """``workers`` spawned processes of ``threads`` threads; with GPUs, worker i sees only GPU
+    ``gpus[i % len(gpus)]`` (as its cuda:0)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    queue = None
+    if gpus:
+        queue = context.Queue()
+        for index in range(workers):
+            queue.put(gpus[index % len(gpus)])
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads, queue))
 
 
 def _collect(runner: "SuiteRunner", results: list[tuple[str, str, str | None]], outcome: "SuiteOutcome") -> None:
@@ -181,56 +220,198 @@ def _first_line(exc: BaseException) -> str:
 # executors
 
 
-@EXECUTORS.register("local", description="this machine: sequential, or --workers N parallel processes",
-                    source="concurrent.futures")
+@EXECUTORS.register("local", description="this machine: sequential, or --workers N parallel processes "
+                    "(one GPU each)", source="concurrent.futures")
 class LocalExecutor(Executor):
+    def workers(self, runner) -> tuple[int, list[str]]:
+        """(worker count, GPUs to pin): --workers, else one worker per visible GPU."""
+        gpus = visible_gpus() if runner.suite.training.device != "cpu" else []
+        return self.config.workers or max(1, len(gpus)), gpus
+
     def run(self, runner):
         from .report import write_leaderboard
         from .runner import SuiteOutcome
 
-        runner.prepare_teachers()  # teachers first, in this process
         outcome = SuiteOutcome(runner.results_dir)
-        if self.config.workers <= 1:
+        workers, gpus = self.workers(runner)
+        if workers <= 1:
+            runner.prepare_teachers()  # teachers first, in this process
             outcome.outcomes.extend(runner.run_many(runner.runs))
         else:
-            self._parallel(runner, outcome)
+            self._parallel(runner, outcome, workers, gpus)
         write_leaderboard(runner.results_dir)
         return outcome
 
-    def _parallel(self, runner, outcome) -> None:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+    def _parallel(self, runner, outcome, workers: int, gpus: list[str]) -> None:
+        """A graph of work: teachers and the runs that need none start at once; a run whose
+        teacher is being prepared starts when that teacher is ready, on the next free worker."""
+        from concurrent.futures import FIRST_COMPLETED, wait
         from concurrent.futures.process import BrokenProcessPool
 
         from .report import write_leaderboard
         from .runner import RunOutcome
 
         pending = pending_runs(runner, outcome)
-        if not pending:
+        teachers = [plan for plan in runner.needed_teachers() if not runner.teacher_ready(plan)]
+        if not pending and not teachers:
             return
-        threads = self.config.threads(runner.suite.training.threads)
-        workers = min(self.config.workers, len(pending))
-        runner.reporter.message(f"{len(pending)} runs on {workers} worker processes ({threads} threads each)")
-        context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
-            futures = {pool.submit(execute_runs, runner.suite, str(runner.results_dir), [run.run_id],
-                                   runner.retry_failed, threads): run for run in pending}
-            for future in as_completed(futures):
-                run = futures[future]
-                try:
-                    _collect(runner, future.result(), outcome)
-                except BrokenProcessPool as exc:  # a worker died (killed, out of memory): resumable
-                    outcome.outcomes.append(RunOutcome(run, "failed", f"worker process died: {_first_line(exc)}"))
-                except Exception as exc:
-                    outcome.outcomes.append(RunOutcome(run, "failed", _first_line(exc)))
-                last = outcome.outcomes[-1]
-                runner.reporter.message(f"{last.status}: {run.student.name} <- {run.method.label} ({run.run_id})"
-                                        + (f": {last.error}" if last.error else ""))
-                write_leaderboard(runner.results_dir)
+        threads = self.config.threads(runner.suite.training.threads, workers)
+        workers = min(workers, len(pending) + len(teachers))
+        results_dir, suite = str(runner.results_dir), runner.suite
+        waiting: dict[str, list] = {plan.teacher_id: [] for plan in teachers}
+        ready = []
+        for run in pending:
+            (waiting[run.teacher.teacher_id] if run.teacher and run.teacher.teacher_id in waiting else ready).append(run)
+        runner.reporter.message(f"{len(pending)} runs and {len(teachers)} teacher(s) on {workers} worker processes "
+                                f"({threads} threads each{', one GPU each' if gpus else ''})")
+        failed_teachers = []
+        with worker_pool(workers, threads, gpus) as pool:
+            def submit_runs(runs):
+                return {pool.submit(execute_runs, suite, results_dir, [run.run_id], runner.retry_failed, threads):
+                        ("run", run) for run in runs}
+
+            # teachers first in the queue: they hold up the runs that wait for them
+            futures = {pool.submit(prepare_teachers, suite, results_dir, [plan.teacher_id], threads): ("teacher", plan)
+                       for plan in teachers}
+            futures.update(submit_runs(ready))
+            while futures:
+                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for future in done:
+                    kind, item = futures.pop(future)
+                    try:
+                        result = future.result()
+                        error = None
+                    except BrokenProcessPool as exc:  # a worker died (killed, out of memory): resumable
+                        result, error = None, f"worker process died: {_first_line(exc)}"
+                    except Exception as exc:
+                        result, error = None, _first_line(exc)
+                    if kind == "teacher":
+                        if error is None:
+                            runner.reporter.message(f"teacher {item.spec.name} ready")
+                            futures.update(submit_runs(waiting.pop(item.teacher_id)))
+                        else:
+                            failed_teachers.append(f"teacher {item.spec.name} failed: {error} "
+                                                   f"({len(waiting.pop(item.teacher_id))} runs not started)")
+                        continue
+                    if error is None:
+                        _collect(runner, result, outcome)
+                    else:
+                        outcome.outcomes.append(RunOutcome(item, "failed", error))
+                    last = outcome.outcomes[-1]
+                    runner.reporter.message(f"{last.status}: {item.student.name} <- {item.method.label} "
+                                            f"({item.run_id})" + (f": {last.error}" if last.error else ""))
+                    write_leaderboard(runner.results_dir)
+        if failed_teachers:
+            write_leaderboard(runner.results_dir)
+            raise RkbenchError("; ".join(failed_teachers))
 
 
-@EXECUTORS.register("slurm", description="Slurm job arrays through submitit (partition, timeout_min, "
-                    "gpus_per_job, array_parallelism, runs_per_job)", source="submitit")
+def _survive_own_requeue() -> None:
+    """Wrap submitit's handler of the warning signal: it runs ``scontrol requeue`` on the job itself,
+    and Slurm, requeueing, may kill that very scontrol before it returns. The error would surface in
+    the middle of a training step and be recorded as the run's failure; the job is being requeued,
+    so it exits instead. Anything else the handler raises (no requeue left) goes on as before."""
+    import signal
+    import subprocess
+
+    try:
+        from submitit.core.job_environment import JobEnvironment
+
+        number = JobEnvironment._usr_sig()
+    except Exception:  # another submitit: its default signal
+        number = signal.SIGUSR2
+    handler = signal.getsignal(number)
+    if not callable(handler) or getattr(handler, "rkbench_wrapped", False):
+        return
+
+    def requeue(signum, frame):
+        try:
+            handler(signum, frame)
+        except subprocess.CalledProcessError as exc:
+            raise SystemExit(f"requeue interrupted: {exc}") from None
+
+    requeue.rkbench_wrapped = True
+    signal.signal(number, requeue)
+
+
+class Requeueable:
+    """A Slurm job's function that survives its time limit and preemption: warned by Slurm before
+    the limit (``signal_delay_s``), submitit calls ``checkpoint``, which resubmits the same call;
+    the job requeues itself (at most ``max_requeues`` times) and the run resumes from its last
+    epoch checkpoint, ending with the numbers of an uninterrupted run. A job requeued from outside
+    (``scontrol requeue``, a preempting partition) runs the same call again, with the same effect."""
+
+    def __init__(self, function):
+        self.function = function
+
+    def __call__(self, *args):
+        _survive_own_requeue()
+        return self.function(*args)
+
+    def checkpoint(self, *args):
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, *args)
+
+
+def _sacct_answers() -> bool:
+    import subprocess
+
+    try:
+        return subprocess.run(["sacct", "-n", "-j", "1"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
+                "DEADLINE", "SPECIAL_EXIT"}
+
+
+def _squeue_watcher():
+    """A submitit job watcher that reads job states from ``squeue`` (which lists finished jobs for
+    MinJobAge seconds) instead of ``sacct``, for clusters without accounting."""
+    import getpass
+
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    class SqueueInfoWatcher(SlurmInfoWatcher):
+        def _make_command(self):
+            if not self._registered - self._finished:
+                return None
+            return ["squeue", "-h", "-r", "-t", "all", "-u", getpass.getuser(), "-o", "%i|%T|%N"]
+
+        def is_done(self, job_id, mode="standard"):
+            # only a final state ends a job (a requeued one passes through COMPLETING, REQUEUED, ...)
+            return self.get_state(job_id, mode=mode).split()[0] in FINAL_STATES
+
+        def read_info(self, string):
+            text = string.decode() if isinstance(string, bytes) else string
+            info = {}
+            for line in text.splitlines():
+                parts = line.strip().split("|")
+                if len(parts) == 3:
+                    info[parts[0]] = {"JobID": parts[0], "State": parts[1], "NodeList": parts[2]}
+            return info
+
+    return SqueueInfoWatcher(delay_s=60)
+
+
+def watch_without_sacct(say) -> None:
+    """Without accounting (no slurmdbd, as on many small clusters) sacct fails on every status
+    poll, and sacct and submitit each print a line about it, twice a poll: ask sacct once, and
+    when it does not answer read job states from squeue, saying so in one line."""
+    from submitit.slurm import slurm
+
+    if type(slurm.SlurmJob.watcher) is not slurm.SlurmInfoWatcher:  # already chosen in this process
+        return
+    if not _sacct_answers():
+        slurm.SlurmJob.watcher = _squeue_watcher()
+        say("note: sacct does not answer here (no Slurm accounting): job states come from squeue")
+
+
+@EXECUTORS.register("slurm", description="Slurm jobs through submitit: a job per teacher, job arrays of runs "
+                    "depending on them (partition, timeout_min, gpus_per_job, array_parallelism, runs_per_job)",
+                    source="submitit")
 class SlurmExecutor(Executor):
     def executor(self, runner):
         try:
@@ -241,11 +422,12 @@ class SlurmExecutor(Executor):
         if config.cluster == "slurm" and shutil.which("sbatch") is None:
             raise RkbenchError("--executor slurm: no sbatch on this machine (run from a Slurm login node; "
                                "executor.cluster=local runs the same jobs as local processes)")
-        folder = Path(config.folder).expanduser() if config.folder else runner.results_dir / "slurm"
-        executor = submitit.AutoExecutor(folder=folder / "%j", cluster=config.cluster)
+        executor = submitit.AutoExecutor(folder=self.folder(runner) / "%j", cluster=config.cluster,
+                                         slurm_max_num_timeout=config.max_requeues)
         parameters = {"timeout_min": config.timeout_min, "gpus_per_node": config.gpus_per_job,
                       "cpus_per_task": config.cpus_per_job, "name": f"rkbench-{runner.suite.name}",
-                      "slurm_array_parallelism": config.array_parallelism}
+                      "slurm_array_parallelism": config.array_parallelism,
+                      "slurm_signal_delay_s": config.signal_delay_s}
         if config.mem_gb:
             parameters["mem_gb"] = config.mem_gb
         if config.partition:
@@ -255,7 +437,12 @@ class SlurmExecutor(Executor):
         if config.setup:
             parameters["slurm_setup" if config.cluster == "slurm" else "local_setup"] = list(config.setup)
         executor.update_parameters(**parameters)
+        if config.cluster == "slurm":
+            watch_without_sacct(runner.reporter.message)
         return executor
+
+    def folder(self, runner) -> Path:
+        return Path(self.config.folder).expanduser() if self.config.folder else runner.results_dir / "slurm"
 
     def run(self, runner):
         from .report import write_leaderboard
@@ -266,42 +453,86 @@ class SlurmExecutor(Executor):
         threads = runner.suite.training.threads or config.cpus_per_job
         results_dir = str(runner.results_dir.resolve())
         outcome = SuiteOutcome(runner.results_dir)
+        graph = config.cluster == "slurm"  # submitit's local backends know no job dependencies
 
-        # 1. teachers first: one job per teacher that is not cached yet; the runs wait for them
+        # 1. one job per teacher that is not ready yet
         teachers = [plan for plan in runner.needed_teachers() if not runner.teacher_ready(plan)]
-        if teachers:
-            jobs = [executor.submit(prepare_teachers, runner.suite, results_dir, [plan.teacher_id], threads)
-                    for plan in teachers]
-            runner.reporter.message(f"teachers: {len(jobs)} job(s) {', '.join(job.job_id for job in jobs)}")
-            for plan, job in zip(teachers, jobs):
+        teacher_jobs = {plan.teacher_id: executor.submit(Requeueable(prepare_teachers), runner.suite, results_dir,
+                                                         [plan.teacher_id], threads) for plan in teachers}
+        if teacher_jobs:
+            runner.reporter.message(f"teachers: {len(teacher_jobs)} job(s) "
+                                    f"{', '.join(job.job_id for job in teacher_jobs.values())}")
+
+        def wait_teachers(plans):
+            for plan in plans:
+                job = teacher_jobs[plan.teacher_id]
                 try:
                     job.result()
                 except Exception as exc:
                     raise RkbenchError(f"teacher {plan.spec.name} failed in job {job.job_id}: {_first_line(exc)} "
                                        f"(log: {job.paths.stderr})") from None
 
-        # 2. the runs, as one job array (runs_per_job runs per task)
+        # 2. the runs, as job arrays (runs_per_job runs per task): the runs free to start now, and
+        # one array per teacher being prepared, started by Slurm when that teacher's job succeeded
         pending = pending_runs(runner, outcome)
-        chunks = [[run.run_id for run in pending[i:i + config.runs_per_job]]
-                  for i in range(0, len(pending), config.runs_per_job)]
-        if chunks:
-            jobs = executor.map_array(execute_runs, [runner.suite] * len(chunks), [results_dir] * len(chunks),
-                                      chunks, [runner.retry_failed] * len(chunks), [threads] * len(chunks))
-            runner.reporter.message(f"{len(pending)} runs in {len(jobs)} job(s): "
-                                    f"{jobs[0].job_id.split('_')[0]}{' (array)' if len(jobs) > 1 else ''}")
-            if not config.wait:
-                runner.reporter.message("not waiting (executor.wait=false): `rkbench report "
-                                        f"{runner.results_dir}` rebuilds the leaderboard when they finish")
-                by_id = {run.run_id: run for run in pending}
-                outcome.outcomes.extend(RunOutcome(by_id[i], "submitted") for chunk in chunks for i in chunk)
-                return outcome
-            by_id = {run.run_id: run for run in pending}
+        groups: dict[str | None, list] = {}
+        for run in pending:
+            key = run.teacher.teacher_id if run.teacher and run.teacher.teacher_id in teacher_jobs else None
+            groups.setdefault(key, []).append(run)
+        if not graph:
+            wait_teachers(teachers)
+        arrays = []  # (teacher_id or None, chunks, jobs)
+        for teacher_id, runs in sorted(groups.items(), key=lambda item: item[0] is not None):
+            chunks = [[run.run_id for run in runs[i:i + config.runs_per_job]]
+                      for i in range(0, len(runs), config.runs_per_job)]
+            if graph:
+                after = teacher_jobs[teacher_id].job_id if teacher_id else None
+                # a teacher that fails cancels its runs instead of leaving them pending forever
+                executor.update_parameters(slurm_dependency=f"afterok:{after}" if after else None,
+                                           slurm_additional_parameters={**config.slurm_additional,
+                                                                        **({"kill_on_invalid_dep": "yes"} if after else {})})
+            jobs = executor.map_array(Requeueable(execute_runs), [runner.suite] * len(chunks),
+                                      [results_dir] * len(chunks), chunks, [runner.retry_failed] * len(chunks),
+                                      [threads] * len(chunks))
+            arrays.append((teacher_id, chunks, jobs))
+            runner.reporter.message(f"{len(runs)} runs in {len(jobs)} job(s): {jobs[0].job_id.split('_')[0]}"
+                                    + (" (array)" if len(jobs) > 1 else "")
+                                    + (f", after teacher job {teacher_jobs[teacher_id].job_id}" if teacher_id else ""))
+        record_jobs(runner.results_dir, teacher_jobs, arrays)
+
+        by_id = {run.run_id: run for run in pending}
+        if not config.wait:
+            runner.reporter.message(f"not waiting (executor.wait=false): `rkbench status {runner.results_dir}` "
+                                    f"shows the jobs; `rkbench report {runner.results_dir}` the leaderboard")
+            outcome.outcomes.extend(RunOutcome(by_id[i], "submitted") for _, chunks, _ in arrays
+                                    for chunk in chunks for i in chunk)
+            return outcome
+        if graph:
+            wait_teachers(teachers)
+        for _, chunks, jobs in arrays:
             for chunk, job in zip(chunks, jobs):
                 try:
                     _collect(runner, job.result(), outcome)
-                except Exception as exc:  # the job died (timeout, preemption, node failure): resumable
+                except Exception as exc:  # the job died (node failure, too many time limits): resumable
                     reason = f"job {job.job_id} failed: {_first_line(exc)} (log: {job.paths.stderr})"
                     outcome.outcomes.extend(RunOutcome(by_id[i], "failed", reason) for i in chunk)
                 write_leaderboard(runner.results_dir)
         write_leaderboard(runner.results_dir)
         return outcome
+
+
+def record_jobs(results_dir: Path, teacher_jobs: dict, arrays: list) -> None:
+    """``<results>/slurm/jobs.json``: the Slurm job of every teacher and run submitted (what
+    ``rkbench status`` reads; later submissions add to it)."""
+    from . import store
+
+    path = Path(results_dir) / "slurm" / "jobs.json"
+    known = store.read_json_or_none(path) or {}
+    for teacher_id, job in teacher_jobs.items():
+        known[teacher_id] = {"kind": "teacher", "job": job.job_id}
+    for _, chunks, jobs in arrays:
+        for chunk, job in zip(chunks, jobs):
+            for run_id in chunk:
+                known[run_id] = {"kind": "run", "job": job.job_id}
+    if known:
+        store.write_json(path, known)

@@ -160,6 +160,19 @@ class SuiteRunner:
     def teacher(self, plan: TeacherPlan) -> torch.nn.Module:
         if plan.teacher_id in self._teachers:
             return self._teachers[plan.teacher_id]
+        if self.teacher_ready(plan):
+            return self._load_teacher(plan)
+        # one process trains and evaluates it; another one that needs it waits, then loads it
+        lock = store.DirectoryLock(store.teacher_dir(self.results_dir, plan.teacher_id))
+        if not lock.acquire():
+            self.reporter.message(f"teacher {plan.spec.name} is being prepared by another process; waiting")
+            lock.acquire(blocking=True)
+        try:
+            return self._load_teacher(plan)
+        finally:
+            lock.release()
+
+    def _load_teacher(self, plan: TeacherPlan) -> torch.nn.Module:
         directory = store.teacher_dir(self.results_dir, plan.teacher_id)
         source = TEACHER_SOURCES.get(plan.spec.source)()
         params = source.Params(**plan.spec.options)
@@ -238,21 +251,55 @@ class SuiteRunner:
                 outcomes[run.run_id] = self._fail(run, exc)
                 continue
             groups.setdefault(key, []).append(run)
+        busy = []  # claimed by another process: waited for at the end
         for group_runs in groups.values():
+            locks = []
             group = []
-            for run in group_runs:
-                try:
-                    group.append(self._start(run))
-                except Exception as exc:  # recorded, reported, the suite goes on
-                    outcomes[run.run_id] = self._fail(run, exc)
-            self._train_group([p for p in group if not p.reuse])
-            for pending in group:
-                run = pending.run
-                outcome = (self._fail(run, pending.error) if pending.error is not None else self._finish(pending))
-                outcomes[run.run_id] = outcome
-                if len(runs) > 1:
-                    write_leaderboard(self.results_dir)
+            try:
+                for run in group_runs:
+                    lock = self._claim(run)
+                    if lock is None:
+                        busy.append(run)
+                        continue
+                    locks.append(lock)
+                    skipped = self.skip(run)  # finished by another process since it was planned
+                    if skipped is not None:
+                        outcomes[run.run_id] = skipped
+                        continue
+                    try:
+                        group.append(self._start(run))
+                    except Exception as exc:  # recorded, reported, the suite goes on
+                        outcomes[run.run_id] = self._fail(run, exc)
+                self._train_group([p for p in group if not p.reuse])
+                for pending in group:
+                    run = pending.run
+                    outcome = (self._fail(run, pending.error) if pending.error is not None else self._finish(pending))
+                    outcomes[run.run_id] = outcome
+                    if len(runs) > 1:
+                        write_leaderboard(self.results_dir)
+            finally:
+                for lock in locks:
+                    lock.release()
+        for run in busy:
+            directory = store.run_dir(self.results_dir, run.run_id)
+            owner = store.lock_owner(directory) or {}
+            self.reporter.message(f"run {run.run_id} is being run by another process "
+                                  f"({owner.get('host')}:{owner.get('pid')}); waiting for it")
+            with store.DirectoryLock(directory):
+                pass
+            outcomes[run.run_id] = self.run_one(run)  # "cached" when the other process finished it
         return [outcomes[run.run_id] for run in runs]
+
+    def _claim(self, run: RunSpec) -> "store.DirectoryLock | None":
+        """The run directory's lock, or None when another live process holds it."""
+        directory = store.run_dir(self.results_dir, run.run_id)
+        lock = store.DirectoryLock(directory)
+        if not lock.acquire():
+            return None
+        if lock.previous:
+            store.append_log(directory / store.LOG, f"took over the lock of a process that is gone: "
+                                                    f"{lock.previous.get('host')}:{lock.previous.get('pid')}")
+        return lock
 
     @staticmethod
     def _reusable(directory: Path, metrics: dict | None) -> bool:

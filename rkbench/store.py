@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
@@ -24,6 +26,21 @@ TEACHER = "teacher.pt"
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.txt"
 REFERENCES = "references.json"  # per results directory: the published numbers of each suite's rows
+LOCK = "lock"
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, without changing it)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
@@ -33,6 +50,8 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; the final file follows the umask like any other (lab-mates read it)
+        os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
@@ -84,6 +103,97 @@ def append_log(path: Path, line: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         handle.write(line.rstrip("\n") + "\n")
+
+
+def _owner() -> dict:
+    job = os.environ.get("SLURM_JOB_ID")
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+    return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": job,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+class DirectoryLock:
+    """A run (or teacher) directory claimed by exactly one process: an exclusive ``flock`` on
+    ``<dir>/lock``, which names its owner (host, pid, Slurm job). The kernel drops the lock when
+    the owner dies however it dies (SIGKILL, a requeued job), so the next process takes over the
+    stale file of a dead owner; ``previous`` then names that owner. Works across hosts wherever
+    the file system supports ``flock`` (local disks; NFS on Linux)."""
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / LOCK
+        self._fd: int | None = None
+        self.previous: dict | None = None  # the dead owner whose lock was recovered
+
+    def acquire(self, blocking: bool = False) -> bool:
+        import fcntl
+
+        if self._fd is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            try:  # the owner we waited for removes the file as it releases: then lock the new one
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        left = os.read(fd, 4096)
+        try:
+            self.previous = json.loads(left) if left.strip() else None
+        except ValueError:
+            self.previous = None
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(_owner()).encode())
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)  # still holding it: nobody locks a file about to go
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "DirectoryLock":
+        self.acquire(blocking=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lock_owner(directory: Path) -> dict | None:
+    """Who holds ``<directory>/lock`` now (host, pid, slurm_job), or None when nobody does."""
+    import fcntl
+
+    path = Path(directory) / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 4096)
+            try:
+                return json.loads(text) if text.strip() else {}
+            except ValueError:
+                return {}
+        return None  # a stale file: its owner is gone
+    finally:
+        os.close(fd)
 
 
 def holds_results(path: Path) -> bool:
