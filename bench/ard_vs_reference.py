@@ -202,7 +202,7 @@ def main() -> None:
     load_before = machine()["loadavg_1_5_15"]
 
     threat = ThreatModel(eps="8/255", steps=args.steps, step_size="2/255")
-    params = {"alpha": args.alpha, "t": args.t, "kl_reduction": "mean", "attack_mode": "train"}
+    params = {"alpha": args.alpha, "t": args.t, "kl_reduction": "mean"}
     training_options = parse_options(args.training)
     config = training_config(training_options, epochs=1, batch_size=args.batch_size, device="cpu",
                              optimizer=OptimizerConfig(name="sgd", lr=0.1, momentum=0.9,
@@ -251,7 +251,7 @@ def main() -> None:
     x_batch = augment(data.x_train[:args.batch_size], data.augment, generator=torch.Generator().manual_seed(0))
     y_batch = data.y_train[:args.batch_size]
     rk_student = performance.place_model(fresh_student())
-    rk_method = build_method("ard", params, threat, seed=0)
+    rk_method = build_method("ard", params, threat, seed=0, attack_mode="train")
     rk_method.prepare(rk_student, rk_teacher)
     rk_optimizer = make_optimizer(rk_student, config)
     rk_base_lrs = [group["lr"] for group in rk_optimizer.param_groups]
@@ -315,7 +315,7 @@ def main() -> None:
         shift = rep % len(epoch_sides)  # rotate the order so that no side always runs first
         for side in epoch_sides[shift:] + epoch_sides[:shift]:
             if side == "rkbench":
-                method = build_method("ard", params, threat, seed=rep)
+                method = build_method("ard", params, threat, seed=rep, attack_mode="train")
                 started = time.perf_counter()  # the trainer turns deterministic algorithms on itself
                 result = Trainer(config, torch.device("cpu")).fit(rk_epoch_student, method, data, rk_teacher,
                                                                   seed=rep)

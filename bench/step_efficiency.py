@@ -77,7 +77,7 @@ def declared_need(name: str, method) -> Need | None:
     """What each known method needs per batch; None: use the observed passes."""
     p = method.params
     k = method.attack_settings()[0] if isinstance(method, AdversarialMethod) else 0
-    mode = getattr(p, "attack_mode", "eval")
+    mode = method.attack_mode if method.attack_mode in ("train", "eval") else "eval"
     if name == "natural":
         return Need(update=1)
     if name == "kd":
@@ -95,7 +95,7 @@ def declared_need(name: str, method) -> Need | None:
 
 
 def observed_need(method, student_probe: Probe, teacher_probe: Probe | None) -> Need:
-    mode = getattr(method.params, "attack_mode", "eval")
+    mode = method.attack_mode if method.attack_mode in ("train", "eval") else "eval"
     attack_b = student_probe.total("B", "attack")
     update = student_probe.total("F") - attack_b  # graph-building forwards outside the attack
     return Need(attack=attack_b, attack_mode=mode, update=update,

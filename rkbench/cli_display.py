@@ -56,17 +56,21 @@ class RichReporter(Reporter):
 
 
 def print_plan(suite, teachers, runs, results_dir: Path | None) -> None:
+    from .report.frame import attack_mode_label
     from .store import METRICS, run_dir
 
     console.print(f"[bold]{suite.name}[/bold]: dataset {suite.dataset.name}, threat {suite.threat.norm} "
                   f"eps={suite.threat.eps:.4g}, {len(runs)} runs, attacks: "
-                  f"{', '.join(a.label for a in suite.evaluation.attacks)}")
+                  f"{', '.join(a.label for a in suite.evaluation.attacks)}, "
+                  f"protocol attack_mode={suite.protocol.attack_mode}")
     for plan in teachers:
-        console.print(f"  teacher {plan.spec.name}: source {plan.spec.source} ({plan.teacher_id})")
-    table = Table("run_id", "teacher", "student", "method", "seed", *(["done"] if results_dir else []))
+        trained = f", attack mode {attack_mode_label(plan.attack_mode)}" if plan.training else ""
+        console.print(f"  teacher {plan.spec.name}: source {plan.spec.source} ({plan.teacher_id}{trained})")
+    table = Table("run_id", "teacher", "student", "method", "seed", "attack mode", *(["done"] if results_dir else []))
     for run in runs:
         row = run.describe()
-        cells = [row["run_id"], row["teacher"], row["student"], row["method"], str(row["seed"])]
+        cells = [row["run_id"], row["teacher"], row["student"], row["method"], str(row["seed"]),
+                 attack_mode_label(row["attack_mode"])]
         if results_dir:
             cells.append("yes" if (run_dir(results_dir, run.run_id) / METRICS).is_file() else "")
         table.add_row(*cells)
@@ -78,6 +82,8 @@ def print_leaderboard(results_dir: Path) -> None:
 
     frame, teachers = console_tables(results_dir)
     console.print(_table(frame, "Leaderboard (accuracy in %, mean ± std over seeds)"))
+    if frame.attrs.get("note"):
+        console.print(frame.attrs["note"])
     if not teachers.empty:
         console.print(_table(teachers, "Teachers (accuracy in %)"))
     console.print(f"written: {results_dir / 'leaderboard.md'}, {results_dir / 'leaderboard.csv'}")

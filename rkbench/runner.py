@@ -107,7 +107,7 @@ class SuiteRunner:
 
     def train_model(self, model, method_name: str, method_params: dict, training, seed: int, work_dir: Path | None,
                     teacher=None, title: str = ""):
-        method = build_method(method_name, method_params, self.suite.threat, seed)
+        method = build_method(method_name, method_params, self.suite.threat, seed, self.suite.protocol.attack_mode)
         log_path = work_dir / store.LOG if work_dir else None
         trainer = Trainer(training, self.device, work_dir, on_epoch=self.reporter.epoch_callback(title),
                           log=(lambda line: store.append_log(log_path, line)) if log_path else None)
@@ -208,11 +208,17 @@ class SuiteRunner:
             result = self.evaluate_model(model, directory, f"teacher {plan.spec.name}")
             store.write_json(metrics_path, {
                 "run_id": plan.teacher_id, "teacher": plan.spec.name, "source": plan.spec.source,
-                "model": source.model_label(params),
+                "model": source.model_label(params), **self.protocol_fields(plan),
                 "parameters": count_parameters(model), "train_seconds": train_seconds, "status": "finished",
                 "madds": try_count_madds(model, self.data.input_shape), **self.accuracy_fields(result)})
         self._teachers[plan.teacher_id] = model
         return model
+
+    def protocol_fields(self, plan: TeacherPlan) -> dict:
+        """A trained teacher's training-attack protocol and the mode its method crafted in; {} otherwise."""
+        if plan.training is None:
+            return {}
+        return {"protocol": self.suite.protocol.attack_mode, "attack_mode": plan.attack_mode}
 
     # -- student runs -------------------------------------------------------------------------
     def skip(self, run: RunSpec) -> RunOutcome | None:
@@ -314,7 +320,8 @@ class SuiteRunner:
         if self._reusable(directory, store.read_json_or_none(directory / store.METRICS)) \
                 or (directory / store.CHECKPOINT).exists():
             return ("alone", run.run_id)
-        method = build_method(run.method.method, run.method.params, self.suite.threat, run.seed)
+        method = build_method(run.method.method, run.method.params, self.suite.threat, run.seed,
+                              run.protocol.attack_mode)
         return (run.teacher.teacher_id, json.dumps(run.training.for_lockstep(), sort_keys=True),
                 *Trainer.lockstep_key(method, run.seed))
 
@@ -334,7 +341,8 @@ class SuiteRunner:
         student = build_model(run.student.model, self.data.num_classes, self.data.input_shape, **run.student.options)
         if reuse:
             student.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        method = build_method(run.method.method, run.method.params, self.suite.threat, run.seed)
+        method = build_method(run.method.method, run.method.params, self.suite.threat, run.seed,
+                              run.protocol.attack_mode)
         return _Pending(run, directory, title, reuse, student, teacher, method,
                         metrics.get("train_seconds") if metrics else None)
 

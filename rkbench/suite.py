@@ -24,6 +24,7 @@ from .errors import ConfigError, RkbenchError
 from .executors import EXECUTORS, ExecutorConfig
 from .methods import METHODS
 from .store import Reference
+from .methods.base import resolve_attack_mode
 from .models import MODELS, check_model_options
 from .teachers import TEACHER_SOURCES
 from .threat import ThreatModel
@@ -133,6 +134,20 @@ class EvaluationConfig(Strict):
         return entries
 
 
+class Protocol(Strict):
+    """The training-attack protocol of a suite: one switch for every training-time attack (methods,
+    and teachers trained in the suite). Part of every run's identity."""
+
+    attack_mode: Literal["official", "eval", "train"] = Field(
+        "eval", description="the student's BatchNorm mode while training examples are crafted: eval or train "
+                            "for every method, or official: each method as its official code does "
+                            "(the free family crafts in the training pass itself and is exempt)")
+
+    def mode_of(self, method: str) -> str | None:
+        """The mode ``method`` crafts in under this protocol: train, eval, free (exempt) or None (crafts none)."""
+        return resolve_attack_mode(METHODS.get(method), self.attack_mode)
+
+
 # ----------------------------------------------------------------------------------------------
 # what is distilled into what
 
@@ -218,6 +233,7 @@ class Suite(Strict):
     methods: list[MethodSpec] = Field(min_length=1)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    protocol: Protocol = Field(default_factory=Protocol)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)  # where runs execute (not in run ids)
     # published numbers of suite rows (not in run ids): reports show them beside the measured ones
     references: list[Reference] = Field(default_factory=list)
@@ -237,9 +253,9 @@ class Suite(Strict):
             return entries
         return value
 
-    @field_validator("threat", mode="before")
+    @field_validator("threat", "protocol", mode="before")
     @classmethod
-    def _threat(cls, value):
+    def _empty_section(cls, value):
         return value if value is not None else {}
 
     def teacher(self, name: str) -> TeacherSpec:
@@ -388,6 +404,7 @@ def check_suite(suite: Suite, source: str) -> None:
     for spec in suite.methods:
         where = f"{source}: methods.{spec.label}"
         _named(METHODS, spec.method, f"{where}.method" if spec.method != spec.label else where)
+        _no_attack_mode(spec.params, where)
         params = validate_options(METHODS.get(spec.method).Params, spec.params, where)
         spec.params = params.model_dump(mode="json", exclude_unset=False)
         suite.training_for(spec.training, f"{where}.training")
@@ -413,6 +430,7 @@ def check_suite(suite: Suite, source: str) -> None:
             if METHODS.get(teacher.options["method"]).uses_teacher:
                 raise ConfigError(f"{where}.method: {teacher.options['method']!r} needs a teacher itself; "
                                   f"train teachers with a teacher-free method such as 'at' or 'natural'")
+            _no_attack_mode(teacher.options.get("method_params") or {}, f"{where}.method_params")
             method_params = validate_options(METHODS.get(teacher.options["method"]).Params,
                                              teacher.options.get("method_params", {}), f"{where}.method_params")
             teacher.options["method_params"] = method_params.model_dump(mode="json")
@@ -469,6 +487,8 @@ def check_references(suite: Suite, source: str) -> None:
         if reference.row in seen:
             raise ConfigError(f"{where}: a second reference for {' x '.join(reference.row)}; give one per row")
         seen.add(reference.row)
+
+
 def _check_groups(suite: Suite, source: str) -> None:
     """Groups name the suite's single teachers; each method is paired with teachers of its kind."""
     singles = [t.name for t in suite.teachers if t.group is None]
@@ -494,6 +514,13 @@ def _check_groups(suite: Suite, source: str) -> None:
             example = ", ".join(f"{role}: NAME" for role in roles)
             raise ConfigError(f"{source}: methods.{spec.label}: distills from teachers {', '.join(roles)}; add a "
                               f"teacher group for it, e.g. {{name: both, group: {{{example}}}}}")
+
+
+def _no_attack_mode(params: dict, where: str) -> None:
+    """A method's own ``attack_mode`` is gone: one switch, the suite's protocol, decides for every method."""
+    if "attack_mode" in params:
+        raise ConfigError(f"{where}.attack_mode: a method has no attack mode of its own; set the suite's "
+                          f"`protocol: {{attack_mode: official | eval | train}}` (docs/methods.md)")
 
 
 def _unique(names: list[str], where: str, what: str) -> None:
@@ -528,6 +555,7 @@ class TeacherPlan:
     spec: TeacherSpec
     identity: dict
     training: TrainingConfig | None  # for teachers trained in the suite
+    attack_mode: str | None = None  # ... the mode their method crafts in under the suite's protocol
     members: dict[str, TeacherPlan] | None = None  # a group: its teachers by role
 
     @property
@@ -555,6 +583,12 @@ class RunSpec:
     method: MethodSpec
     training: TrainingConfig
     seed: int
+    protocol: Protocol
+
+    @property
+    def attack_mode(self) -> str | None:
+        """The mode this run crafts its training examples in: train, eval, free (exempt) or None."""
+        return self.protocol.mode_of(self.method.method)
 
     def identity(self) -> dict:
         """Everything that changes the trained student; the evaluation is not part of it, so a
@@ -567,6 +601,7 @@ class RunSpec:
             "student": {"model": self.student.model, "options": self.student.options},
             "method": {"name": self.method.method, "params": self.method.params},
             "training": self.training.for_identity(),
+            "protocol": self.protocol.model_dump(mode="json"),
             "seed": self.seed,
         }
 
@@ -576,26 +611,30 @@ class RunSpec:
 
     def describe(self) -> dict:
         return {"run_id": self.run_id, "teacher": self.teacher.label if self.teacher else "-",
-                "student": self.student.name, "method": self.method.label, "seed": self.seed}
+                "student": self.student.name, "method": self.method.label, "seed": self.seed,
+                "protocol": self.protocol.attack_mode, "attack_mode": self.attack_mode}
 
 
 def plan_teacher(suite: Suite, spec: TeacherSpec) -> TeacherPlan:
     source = TEACHER_SOURCES.get(spec.source)()
     params = source.Params(**spec.options)
     identity = {"source": spec.source, **source.identity(params)}
-    training = None
+    training, attack_mode = None, None
     if source.trains:
+        attack_mode = suite.protocol.mode_of(params.method) if getattr(params, "method", None) else None
         training = suite.training_for(spec.options.get("training", {}), f"teachers.{spec.name}.training")
         identity = {**identity, "schema": SCHEMA_VERSION, "training": training.for_identity(),
                     "dataset": {"name": suite.dataset.name, "options": suite.dataset.options},
-                    "threat": suite.threat.model_dump(mode="json")}
-    return TeacherPlan(spec, identity, training)
+                    "threat": suite.threat.model_dump(mode="json"),
+                    "protocol": suite.protocol.model_dump(mode="json")}
+    return TeacherPlan(spec, identity, training, attack_mode)
 
 
 def plan_group(spec: TeacherSpec, singles: dict[str, TeacherPlan]) -> TeacherPlan:
     """A group's identity is its members' by role: a run of it names every teacher it distills from."""
     members = {role: singles[name] for role, name in spec.group.items()}
-    return TeacherPlan(spec, {"group": {role: plan.identity for role, plan in members.items()}}, None, members)
+    return TeacherPlan(spec, {"group": {role: plan.identity for role, plan in members.items()}}, None,
+                       members=members)
 
 
 def expand(suite: Suite) -> tuple[list[TeacherPlan], list[RunSpec]]:
@@ -612,7 +651,8 @@ def expand(suite: Suite) -> tuple[list[TeacherPlan], list[RunSpec]]:
         for teacher in (paired if suite.uses_teacher(method) else [None]):
             for student in suite.students:
                 for seed in training.seeds:
-                    run = RunSpec(suite.name, suite.dataset, suite.threat, teacher, student, method, training, seed)
+                    run = RunSpec(suite.name, suite.dataset, suite.threat, teacher, student, method, training, seed,
+                                  suite.protocol)
                     if run.run_id not in seen:
                         seen.add(run.run_id)
                         runs.append(run)

@@ -37,7 +37,10 @@ def test_run_writes_leaderboard_with_every_method_and_student(finished):
     assert ((frame["pgd5"] <= frame["clean"]) & (frame["worst_case"] <= frame["pgd5"])).all()
     assert "Leaderboard" in output and "ard" in output
     markdown = (results / "leaderboard.md").read_text()
-    assert markdown.startswith("| teacher | student | method | seeds | clean | pgd5 | worst_case |")
+    assert markdown.startswith("Training-attack protocol: eval;")  # the default protocol
+    assert "\n| teacher | student | method | attack_mode | seeds | clean | pgd5 | worst_case |" in markdown
+    modes = dict(zip(frame["method"], frame["attack_mode"].fillna("-")))
+    assert modes == {"natural": "-", "kd": "-", "at": "eval", "ard": "eval"} and set(frame["protocol"]) == {"eval"}
     assert "Teachers" in markdown
 
 
@@ -65,6 +68,10 @@ def test_run_directories_hold_config_metrics_checkpoint_log(finished):
         assert not list(run.glob("*.tmp")) and not (run / "checkpoint.pt").exists()
     teachers = list((results / "teachers").iterdir())
     assert len(teachers) == 1 and (teachers[0] / "teacher.pt").is_file()
+    teacher = json.loads((teachers[0] / "metrics.json").read_text())
+    assert (teacher["protocol"], teacher["attack_mode"]) == ("eval", "eval")
+    config = json.loads((teachers[0] / "config.json").read_text())
+    assert config["identity"]["protocol"] == {"attack_mode": "eval"}
 
 
 def test_metrics_match_the_saved_student(finished, digits):
@@ -100,7 +107,7 @@ def test_rerun_skips_finished_runs(finished):
     result = CliRunner().invoke(main, ["run", str(suite), "--results-dir", str(results), "--quiet"])
     assert result.exit_code == 0
     assert stamps == {p: p.stat().st_mtime_ns for p in (results / "runs").glob("*/student.pt")}
-    assert "training" not in result.output
+    assert not any(line.startswith("training ") for line in result.output.splitlines())  # the runner's messages
 
 
 def test_dry_run_lists_the_matrix_and_trains_nothing(finished, tmp_path):

@@ -54,13 +54,13 @@ def test_kd_loss_matches_hand_computation(setup):
 def test_ard_loss_matches_hand_computation(setup, reduction, scale):
     student, teacher, x, y = setup
     threat = ThreatModel(eps=0.1, step_size=0.03, steps=3)
-    params = {"t": 5.0, "alpha": 0.6, "kl_reduction": reduction, "attack_mode": "eval"}
-    method = build_method("ard", params, threat, seed=3)
+    params = {"t": 5.0, "alpha": 0.6, "kl_reduction": reduction}
+    method = build_method("ard", params, threat, seed=3, attack_mode="eval")
     with torch.no_grad():
         teacher_logits = teacher(x)
     loss = method.loss(student, Batch(x, y, teacher_logits=teacher_logits))
     # replay the same attack: same generator seed, PGD maximizing CE on the student
-    replay = build_method("ard", params, threat, seed=3)
+    replay = build_method("ard", params, threat, seed=3, attack_mode="eval")
     x_adv = replay.craft(student, x, y)
     assert (x_adv - x).abs().max() <= 0.1 + 1e-12 and not torch.equal(x_adv, x)
     with torch.no_grad():
@@ -72,7 +72,7 @@ def test_ard_loss_matches_hand_computation(setup, reduction, scale):
 
 def test_ard_crafts_on_the_student_to_raise_its_ce(setup):
     student, teacher, x, y = setup
-    method = build_method("ard", {"attack_mode": "eval"}, ThreatModel(eps=0.3, step_size=0.1, steps=5))
+    method = build_method("ard", {}, ThreatModel(eps=0.3, step_size=0.1, steps=5), attack_mode="eval")
     x_adv = method.craft(student, x, y)
     with torch.no_grad():
         assert F.cross_entropy(student(x_adv), y) > F.cross_entropy(student(x), y)
@@ -105,8 +105,8 @@ def test_gradients_reach_the_student_only(setup):
 
 def test_at_trains_on_adversarial_examples(setup):
     student, _, x, y = setup
-    method = build_method("at", {"attack_mode": "eval"}, ThreatModel(eps=0.1, steps=3), seed=1)
+    method = build_method("at", {}, ThreatModel(eps=0.1, steps=3), seed=1, attack_mode="eval")
     loss = method.loss(student, Batch(x, y))
-    x_adv = build_method("at", {"attack_mode": "eval"}, ThreatModel(eps=0.1, steps=3), seed=1).craft(student, x, y)
+    x_adv = build_method("at", {}, ThreatModel(eps=0.1, steps=3), seed=1, attack_mode="eval").craft(student, x, y)
     with torch.no_grad():
         assert loss.item() == pytest.approx(hand_ce(student(x_adv), y), rel=1e-9)

@@ -196,10 +196,10 @@ def test_adaad_at_alpha_one_runs_no_clean_student_pass(setup):
 @pytest.mark.parametrize("epoch", [2, 7])
 def test_iad_loss_matches_hand_computation_before_and_after_warmup(setup, epoch):
     student, teacher, x, y = setup
-    params = {"t": 2.0, "alpha": 0.8, "beta": 0.5, "warmup": 0.5, "attack_mode": "eval"}
+    params = {"t": 2.0, "alpha": 0.8, "beta": 0.5, "warmup": 0.5}
     batch = batch_for(teacher, x, y, epoch=epoch, epochs=10)
-    loss = build_method("iad", params, THREAT, seed=6).loss(student, batch)
-    x_adv = build_method("iad", params, THREAT, seed=6).craft(student, x, y)  # ARD's CE-PGD, replayed
+    loss = build_method("iad", params, THREAT, seed=6, attack_mode="eval").loss(student, batch)
+    x_adv = build_method("iad", params, THREAT, seed=6, attack_mode="eval").craft(student, x, y)  # ARD's CE-PGD, replayed
     assert in_ball(x_adv, x, 0.1)
     with torch.no_grad():
         adv, clean, t_clean, t_adv = student(x_adv), student(x), teacher(x), teacher(x_adv)
@@ -354,7 +354,7 @@ def test_fast_ard_loss_and_delta_update_match_hand_computation(setup, delta_grad
 
 def test_fgsm_rs_loss_matches_a_hand_built_fgsm_step(setup):
     student, _, x, y = setup
-    loss = build_method("fgsm_rs", {"attack_mode": "eval"}, THREAT, seed=7).loss(student, Batch(x, y))
+    loss = build_method("fgsm_rs", {}, THREAT, seed=7, attack_mode="eval").loss(student, Batch(x, y))
     generator = torch.Generator().manual_seed(10_000 + 7)  # the method's per-run stream
     delta = (torch.rand(x.shape, generator=generator).double() * 2 - 1) * 0.1  # drawn in float32, like PGD
     delta = ((x + delta).clamp(0, 1) - x).requires_grad_(True)

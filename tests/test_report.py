@@ -1,4 +1,5 @@
 """Reports from result files: expected values computed here from the metrics written here."""
+import io
 import json
 import math
 import re
@@ -19,19 +20,23 @@ CHROMIUM = Path("/usr/bin/chromium")
 TEACHER_IDENTITY = {"source": "train", "model": "cnn_small", "method": "at", "seed": 0}
 
 
-def identity(method, seed, student="mlp", teacher=False):
+MODES = {"at": "eval", "ard": "eval", "akd": "eval"}  # the mode each method crafted in (others: none)
+
+
+def identity(method, seed, student="mlp", teacher=False, protocol="eval"):
     return {"schema": 1, "dataset": {"name": "digits", "options": {}}, "threat": {"norm": "linf", "eps": 0.1},
             "teacher": TEACHER_IDENTITY if teacher else None, "student": {"model": student, "options": {}},
-            "method": {"name": method, "params": {}}, "training": {"epochs": 2}, "seed": seed}
+            "method": {"name": method, "params": {}}, "training": {"epochs": 2},
+            "protocol": {"attack_mode": protocol}, "seed": seed}
 
 
 def write_run(base: Path, run_id: str, method: str, seed: int, student: str, clean: float, pgd: float, worst: float,
               teacher: bool = False, flags=(), status: str = "finished", suite: str = "suite_a", label=None,
-              train_s: float = 1.0):
+              train_s: float = 1.0, protocol: str = "eval"):
     directory = base / "runs" / run_id
     directory.mkdir(parents=True)
     metrics = {"run_id": run_id, "teacher": "tA" if teacher else "-", "student": student, "method": label or method,
-               "seed": seed, "model": student, "status": status, "error": None, "train_seconds": train_s,
+               "seed": seed, "model": student, "protocol": protocol, "attack_mode": MODES.get(method), "status": status, "error": None, "train_seconds": train_s,
                "parameters": {"mlp": 26122, "cnn_tiny": 5226}[student],
                "madds": {"mlp": 25856, "cnn_tiny": 83264}[student]}
     if status == "finished":
@@ -42,7 +47,7 @@ def write_run(base: Path, run_id: str, method: str, seed: int, student: str, cle
         metrics["error"] = "RuntimeError: exploded"
     (directory / "metrics.json").write_text(json.dumps(metrics))
     (directory / "config.json").write_text(json.dumps(
-        {"run_id": run_id, "identity": identity(method, seed, student, teacher), "suite": suite}))
+        {"run_id": run_id, "identity": identity(method, seed, student, teacher, protocol), "suite": suite}))
 
 
 def write_teacher(base: Path):
@@ -218,16 +223,16 @@ def test_csv_columns_are_stable_and_json_has_a_schema(dirs, tmp_path):
     out = tmp_path / "board.csv"
     assert CliRunner().invoke(main, ["report", str(a), "--format", "csv", "--out", str(out)]).exit_code == 0
     header = out.read_text().splitlines()[0].split(",")
-    assert header == ["teacher", "student", "method", "seeds", "clean", "clean_std", "pgd20", "pgd20_std", "aa",
-                      "aa_std", "worst_case", "worst_case_std", "teacher_clean", "teacher_worst_case",
-                      "transfer_ratio", "delta_at", "train_s", "params", "madds", "flags", "status", "cascade",
-                      "seed_list", "run_id"]
+    assert header == ["teacher", "student", "method", "attack_mode", "seeds", "clean", "clean_std", "pgd20",
+                      "pgd20_std", "aa", "aa_std", "worst_case", "worst_case_std", "teacher_clean",
+                      "teacher_worst_case", "transfer_ratio", "delta_at", "train_s", "params", "madds", "protocol",
+                      "flags", "status", "cascade", "seed_list", "run_id"]
     csv = pd.read_csv(out)
     assert row(csv, method="ard", student="mlp")["worst_case_std"] == pytest.approx(2.0)
     per_seed = CliRunner().invoke(main, ["report", str(a), "--format", "csv", "--per-seed"]).stdout
-    assert per_seed.splitlines()[0].startswith("teacher,student,method,seed,clean,pgd20,aa,worst_case,")
+    assert per_seed.splitlines()[0].startswith("teacher,student,method,attack_mode,seed,clean,pgd20,aa,worst_case,")
     document = json.loads(CliRunner().invoke(main, ["report", str(a), "--format", "json"]).stdout)
-    assert document["schema_version"] == 2 and document["view"] == "aggregated"
+    assert document["schema_version"] == 3 and document["view"] == "aggregated"
     assert document["columns"] == header and len(document["rows"]) == 6
     ard = next(r for r in document["rows"] if r["method"] == "ard" and r["student"] == "mlp")
     assert ard["worst_case"] == 62.0 and ard["aa"] is None and ard["seeds"] == 3
@@ -237,8 +242,10 @@ def test_csv_columns_are_stable_and_json_has_a_schema(dirs, tmp_path):
 def test_markdown_renders_as_one_github_table(dirs):
     a, _ = dirs
     text = render(leaderboard(a), "md")
-    table = [line for line in text.split("\n\n")[0].splitlines()]
-    assert table[0].startswith("| teacher | student | method | seeds | clean | pgd20 | aa | worst_case |")
+    note, table = text.split("\n\n")[0], text.split("\n\n")[1].splitlines()
+    assert note.startswith("Training-attack protocol: eval;")  # one protocol: a line, not a column
+    assert table[0].startswith("| teacher | student | method | attack_mode | seeds | clean | pgd20 | aa | worst_case |")
+    assert "| protocol |" not in text
     assert re.fullmatch(r"\|(---:?\|)+", table[1])
     cells = {len(re.findall(r"(?<!\\)\|", line)) for line in table}
     assert len(cells) == 1  # every row has as many cells as the header
@@ -372,3 +379,24 @@ def test_each_run_takes_its_own_directorys_copy_of_a_shared_teacher(dirs):
     document = json.loads(CliRunner().invoke(main, ["report", str(a), str(b), "--format", "json"]).stdout)
     teachers = document["teachers"]
     assert sorted((t["results"], t["worst_case"]) for t in teachers) == [("suite_a", 75.0), ("suite_b", 70.0)]
+
+
+def test_a_table_that_mixes_protocols_says_so_in_every_format(dirs, tmp_path):
+    a, _ = dirs
+    c = tmp_path / "suite_c"  # ARD again, under the official protocol (its train-mode attack)
+    write_run(c, "ard_off_0", "ard", 0, "mlp", 0.90, 0.50, 0.45, True, suite="suite_c", protocol="official")
+    alone = render(leaderboard(a), "md")
+    assert "mixed_protocols" not in alone and "MIXED" not in alone
+    text = render(leaderboard([a, c]), "md")
+    assert text.startswith("MIXED training-attack protocols: eval, official (column protocol)")
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert "| protocol |" in table[0] and all("!mixed_protocols" in line for line in table[2:])
+    assert "`!mixed_protocols`: the table mixes training-attack protocols" in text
+    csv = pd.read_csv(io.StringIO(render(leaderboard([a, c]), "csv")))
+    assert set(csv["protocol"]) == {"eval", "official"} and csv["flags"].str.contains("!mixed_protocols").all()
+    document = json.loads(render(leaderboard([a, c]), "json"))
+    assert document["mixed_protocols"] is True and document["protocols"] == ["eval", "official"]
+    page = render(leaderboard([a, c]), "html")
+    assert "MIXED training-attack protocols" in page and ">protocol</th>" in page
+    per_seed = leaderboard([a, c], per_seed=True, where=["protocol=official"])
+    assert list(per_seed["run_id"]) == ["ard_off_0"] and "!mixed_protocols" not in per_seed["flags"].iloc[0]

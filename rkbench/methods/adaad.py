@@ -21,7 +21,7 @@ class AdaAD(AdversarialMethod):
 
     x_adv maximizes the teacher-student discrepancy KL(T(x') || S(x')) with *both* models queried
     on x' at every step (the gradient flows through both), from x + 0.001 * N(0, 1), the threat
-    model's steps (10 x 2/255 at 8/255), student in eval mode (``attack_mode='eval'``); the teacher
+    model's steps (10 x 2/255 at 8/255), in the protocol's BatchNorm mode (official: eval); the teacher
     (frozen, eval mode) is queried once more on x_adv for the loss, without gradient.
     Defaults: alpha=1 (the clean term and its student pass are skipped), ``kl_reduction='mean'``;
     recipe SGD 0.1, momentum 0.9, weight decay 5e-4, 200 epochs, x0.1 at 100 and 150.
@@ -37,6 +37,9 @@ class AdaAD(AdversarialMethod):
 
     Params = AdaADParams
     uses_teacher = True
+    official_attack_mode = "eval"
+    official_attack_mode_source = ("boyellow/AdaAD AT_helper.py:14 (BN_eval=True), AT_helper.py:20-21 "
+                                   "(model.eval()); main.py:327 calls it with the default")
 
     @property
     def needs_teacher_logits(self) -> bool:

@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 from pydantic import Field
@@ -16,16 +16,13 @@ from torch import nn
 
 from ..attacks import ascent_step, pgd_attack, project
 from ..threat import ThreatModel
-from .base import Method, MethodParams, model_mode
+from .base import FREE, Method, MethodParams, model_mode
 from .losses import kl_divergence
-
-AttackMode = Literal["train", "eval"]
 
 
 class AdversarialParams(MethodParams):
     attack_steps: int | None = Field(None, ge=1, description="default: the threat model's steps")
     attack_step_size: float | None = Field(None, gt=0, description="default: the threat model's step_size")
-    attack_mode: AttackMode = Field("eval", description="student BatchNorm mode while crafting x_adv")
 
 
 def ascend(x: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, norm: str, eps: float,
@@ -68,25 +65,33 @@ def kl_attack(student: nn.Module, x: torch.Tensor, threat: ThreatModel, *, steps
 
 class AdversarialMethod(Method):
     """A method that crafts x_adv on the student: PGD on CE to the labels (``craft``) or on a KL
-    divergence without labels (``craft_kl``), with the attack settings of ``AdversarialParams``."""
+    divergence without labels (``craft_kl``), with the attack settings of ``AdversarialParams``, the
+    student in the BatchNorm mode of the suite's protocol (``self.attack_mode``; see ``crafting``)."""
 
     Params = AdversarialParams
+    # each built-in method declares its official code's mode; a plugin that declares none crafts in eval
+    official_attack_mode = "eval"
 
     def attack_settings(self) -> tuple[int, float]:
         p, threat = self.params, self.threat
         return p.attack_steps or threat.steps, p.attack_step_size or threat.step_size
 
+    def crafting(self, student: nn.Module):
+        """The student in the protocol's mode while crafting: train (batch statistics, running
+        statistics move) or eval (running statistics, untouched); the mode it had is restored after."""
+        return model_mode(student, self.attack_mode == "train")
+
     def craft(self, student, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         steps, step_size = self.attack_settings()
         threat = self.threat
-        with model_mode(student, self.params.attack_mode == "train"):
+        with self.crafting(student):
             return pgd_attack(student, x, y, norm=threat.norm, eps=threat.eps, step_size=step_size, steps=steps,
                               random_start=True, generator=self.generator)
 
     def craft_kl(self, student, x: torch.Tensor, target_logits: torch.Tensor | None = None,
                  teacher: nn.Module | None = None) -> torch.Tensor:
         steps, step_size = self.attack_settings()
-        with model_mode(student, self.params.attack_mode == "train"):
+        with self.crafting(student):
             return kl_attack(student, x, self.threat, steps=steps, step_size=step_size, generator=self.generator,
                              target_logits=target_logits, teacher=teacher)
 
@@ -153,7 +158,11 @@ class FreePerturbation:
 
 class FreeMethod(Method):
     """Base of the "free" family: each batch replayed ``params.m`` times through one persistent
-    ``FreePerturbation`` (step ``params.step_size``, default eps), saved with every checkpoint."""
+    ``FreePerturbation`` (step ``params.step_size``, default eps), saved with every checkpoint.
+    Its perturbation ascends the gradient of the training pass itself (train mode), so the
+    protocol's attack mode cannot apply: the family is exempt and reports say so."""
+
+    official_attack_mode = FREE
 
     def __init__(self, params, threat, seed=0):
         super().__init__(params, threat, seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from pydantic import Field
 
-from .adversarial import AdversarialMethod, AdversarialParams, AttackMode
+from .adversarial import AdversarialMethod, AdversarialParams
 from .base import METHODS
 from .losses import KLReduction, kl_divergence
 
@@ -13,7 +13,6 @@ class ARDParams(AdversarialParams):
     t: float = Field(30.0, gt=0, description="temperature (CIFAR-10: 30)")
     alpha: float = Field(1.0, ge=0, le=1, description="weight of the distillation term (CIFAR-10: 1)")
     kl_reduction: KLReduction = "mean"
-    attack_mode: AttackMode = "train"
 
 
 @METHODS.register("ard", description="ARD: alpha*t^2*KL(T_t(x)||S_t(x_adv)) + (1-alpha)*CE(S(x), y)",
@@ -28,14 +27,17 @@ class ARD(AdversarialMethod):
     Departures of the official code (goldblumm/AdversariallyRobustDistillation), kept as options:
     - ``kl_reduction='mean'`` (default): the code's ``nn.KLDivLoss()`` divides by batch x classes,
       not by batch; the published numbers come from it. ``batchmean`` is the paper's per-sample KL.
-    - ``attack_mode='train'`` (default): the code crafts x_adv with the student in train mode, so
-      BatchNorm statistics move during the attack; ``eval`` freezes them.
+    - Official attack mode: train (the ``AttackPGD`` wrapper runs inside ``net.train()``), so
+      BatchNorm statistics move during the attack; the suite's ``protocol.attack_mode`` decides.
     - At alpha=1 the code still runs a clean student forward whose output is multiplied by zero;
       rkbench skips it (no wasted pass).
     """
 
     Params = ARDParams
     uses_teacher = True
+    official_attack_mode = "train"
+    official_attack_mode_source = ("goldblum/AdversariallyRobustDistillation main.py:118 (net.train()), "
+                                   "main.py:124 (the AttackPGD wrapper's PGD, main.py:74, in that mode)")
 
     def loss(self, student, batch):
         x_adv = self.craft(student, batch.x, batch.y)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -16,6 +16,12 @@ from torch import nn
 
 from ..registry import Registry
 from ..threat import ThreatModel
+
+
+# The suite's training-attack protocol (``protocol.attack_mode``): the BatchNorm mode of the student while
+# a method crafts its training examples. ``official``: each method's declared ``official_attack_mode``.
+PROTOCOL_ATTACK_MODES = ("official", "eval", "train")
+FREE = "free"  # the "free" family: the examples come from the training pass itself (train mode, no switch)
 
 
 class MethodParams(BaseModel):
@@ -46,6 +52,11 @@ class Method:
     teacher_roles: tuple[str, ...] = ()
     replays: int = 1  # the "free" family replays each batch m times (epochs are divided by m)
     holdout: int = 0  # training examples the trainer withholds from training and hands to end_epoch
+    # The student's BatchNorm mode while the method crafts training examples in its official code:
+    # "train" or "eval" (with ``official_attack_mode_source``, the file and line that show it), FREE for
+    # the "free" family (crafting is the training pass itself: exempt from the protocol), None: crafts none.
+    official_attack_mode: ClassVar[str | None] = None
+    official_attack_mode_source: ClassVar[str] = ""
 
     @property
     def needs_teacher_logits(self) -> bool:
@@ -64,6 +75,8 @@ class Method:
         self.threat = threat
         # one random stream per run for training-time attacks (random starts differ across batches)
         self.generator = torch.Generator().manual_seed(10_000 + seed)
+        # the mode this instance crafts in ("train", "eval", FREE or None); build_method sets the protocol's
+        self.attack_mode = resolve_attack_mode(type(self), "official")
 
     def prepare(self, student: nn.Module, teacher: nn.Module | None) -> None:
         """Called once before the optimizer is built: a method that adds trainable modules to the
@@ -85,9 +98,25 @@ class Method:
 METHODS: Registry[type[Method]] = Registry("method")
 
 
-def build_method(name: str, params: dict | None, threat: ThreatModel, seed: int = 0) -> Method:
+def resolve_attack_mode(cls: type[Method], protocol: str) -> str | None:
+    """The BatchNorm mode ``cls`` crafts its training examples in under the protocol's ``attack_mode``
+    (official | eval | train): "train" or "eval"; FREE for the exempt free family; None: crafts none."""
+    if protocol not in PROTOCOL_ATTACK_MODES:
+        raise ValueError(f"attack_mode must be one of {', '.join(PROTOCOL_ATTACK_MODES)}, not {protocol!r}")
+    official = cls.official_attack_mode
+    if official is None or official == FREE or protocol == "official":
+        return official
+    return protocol
+
+
+def build_method(name: str, params: dict | None, threat: ThreatModel, seed: int = 0,
+                 attack_mode: str = "official") -> Method:
+    """The registered method ``name`` with its params; ``attack_mode`` is the protocol's (official | eval |
+    train), the BatchNorm mode while the method crafts its training examples."""
     cls = METHODS.get(name)
-    return cls(cls.Params(**(params or {})), threat, seed)
+    method = cls(cls.Params(**(params or {})), threat, seed)
+    method.attack_mode = resolve_attack_mode(cls, attack_mode)
+    return method
 
 
 @contextlib.contextmanager

@@ -50,6 +50,7 @@ class FastARD(FreeMethod):
 
     Params = FastARDParams
     uses_teacher = True
+    official_attack_mode_source = "ARD paper, Algorithm 2 (no official code): delta from the training pass"
 
     def loss(self, student, batch):
         x_adv = self.perturbation.inputs(batch.x)

@@ -6,13 +6,11 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..attacks import pgd_attack
-from .adversarial import AttackMode
 from .base import METHODS, Method, MethodParams, model_mode
 
 
 class FGSMRSParams(MethodParams):
     step_factor: float = Field(1.25, gt=0, description="FGSM step = step_factor * eps (10/255 at 8/255)")
-    attack_mode: AttackMode = Field("train", description="student BatchNorm mode while crafting x_adv")
     early_stop: bool = Field(False, description="stop when PGD accuracy on held-out training examples collapses")
     early_stop_examples: int = Field(128, ge=1, description="training examples held out for the check")
     early_stop_drop: float = Field(0.2, gt=0, le=1, description="stop when accuracy falls by more than this")
@@ -23,8 +21,9 @@ class FGSMRSParams(MethodParams):
 class FGSMRS(Method):
     """loss = CE(S(x_adv), y), x_adv = x + delta with delta_0 ~ U(-eps, eps) (clipped to valid pixels),
     then one signed step of step_factor * eps on the student's CE, projected onto the ball and onto
-    [0, 1]. Two forward/backward passes per batch. The attack runs with the student in train mode
-    (``attack_mode='train'``), as the official loop does. Defaults: step 1.25 * eps, no teacher.
+    [0, 1]. Two forward/backward passes per batch. The attack runs in the protocol's BatchNorm mode
+    (official: train, the mode the official loop keeps for the whole epoch). Defaults: step 1.25 * eps,
+    no teacher.
 
     Optional early stopping against catastrophic overfitting (``early_stop``, off by default as in
     the official script): after each epoch, PGD-5 (the threat model's step size, random start) on
@@ -39,6 +38,9 @@ class FGSMRS(Method):
     """
 
     Params = FGSMRSParams
+    official_attack_mode = "train"
+    official_attack_mode_source = ("locuslab/fast_adversarial CIFAR10/train_fgsm.py:73 (model.train() once, "
+                                   "before training), train_fgsm.py:112 (the FGSM pass)")
 
     def __init__(self, params, threat, seed=0):
         super().__init__(params, threat, seed)
@@ -48,7 +50,7 @@ class FGSMRS(Method):
 
     def loss(self, student, batch):
         threat = self.threat
-        with model_mode(student, self.params.attack_mode == "train"):
+        with model_mode(student, self.attack_mode == "train"):
             x_adv = pgd_attack(student, batch.x, batch.y, norm=threat.norm, eps=threat.eps,
                                step_size=self.params.step_factor * threat.eps, steps=1, random_start=True,
                                generator=self.generator)

@@ -33,6 +33,8 @@ class FreeAT(FreeMethod):
     """
 
     Params = FreeATParams
+    official_attack_mode_source = ("locuslab/fast_adversarial CIFAR10/train_free.py:67 (model.train()), "
+                                   "train_free.py:97 (the one training pass that also gives delta's gradient)")
 
     def loss(self, student, batch):
         return F.cross_entropy(student(self.perturbation.inputs(batch.x)), batch.y)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from .adversarial import AdversarialMethod, AdversarialParams, AttackMode
+from .adversarial import AdversarialMethod, AdversarialParams
 from .ard import ard_loss
 from .base import METHODS
 from .losses import KLReduction, kl_divergence, kl_per_sample, reduce_per_sample
@@ -18,7 +18,6 @@ class IADParams(AdversarialParams):
     warmup: float = Field(0.3, ge=0, description="plain ARD before this epoch: a fraction of the epochs (< 1) "
                                                  "or an epoch number (>= 1); official 60 of 200")
     kl_reduction: KLReduction = "batchmean"
-    attack_mode: AttackMode = "train"
 
 
 @METHODS.register("iad", description="IAD-I: ARD, then t^2*KL(T(x)||S(x_adv)) + mean (1-a_i)*KL(S(x)||S(x_adv)), "
@@ -31,7 +30,7 @@ class IAD(AdversarialMethod):
                + (1 - alpha) * CE(S(x), y),      a_i = P_T(x_adv_i)[y_i] ** beta  (no gradient)
 
     x_adv: ARD's PGD on the student maximizing CE to the labels (threat model's steps, uniform
-    random start), crafted with the student in train mode (``attack_mode='train'``, as the code's
+    random start), crafted in the protocol's BatchNorm mode (official: train, as the code's
     ``net.train()`` wrapper does). The introspection term has temperature 1 and gradient through
     both S(x) and S(x_adv) (the code does not detach S(x)). The teacher is queried on x_adv only
     after the warm-up. Defaults (CIFAR-10): t=1, alpha=1, beta=0.1, warm-up 0.3 of the epochs
@@ -48,6 +47,9 @@ class IAD(AdversarialMethod):
 
     Params = IADParams
     uses_teacher = True
+    official_attack_mode = "train"
+    official_attack_mode_source = ("ZFancy/IAD IAD-I.py:159 (net.train()), IAD-I.py:166 (the AttackPGD "
+                                   "wrapper's PGD, IAD-I.py:101, in that mode)")
 
     def warmup_epochs(self, epochs: int) -> int:
         w = self.params.warmup

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .adversarial import AdversarialMethod, AdversarialParams, noise_start_attack
-from .base import METHODS, model_mode
+from .base import METHODS
 from .losses import KLReduction, kl_divergence
 
 
@@ -33,7 +33,7 @@ class MTARD(AdversarialMethod):
     The clean teacher guides the student on the clean batch (its logits computed once per batch by
     the trainer), the robust teacher on x_adv (queried on x_adv, eval mode, no gradient). x_adv
     maximizes CE(S(x'), y) from x + 0.001 * N(0, 1), the threat model's steps (10 x 2/255 at
-    8/255), with the student in eval mode (``attack_mode='eval'``, the code's ``model.eval()``);
+    8/255), the student in its official eval mode (the code's ``model.eval()``) or the protocol's;
     both loss forwards run in train mode.
 
     The weights (normalized loss balance), updated at every step *before* the loss is formed,
@@ -62,6 +62,9 @@ class MTARD(AdversarialMethod):
     Params = MTARDParams
     uses_teacher = True
     teacher_roles = ("clean", "robust")
+    official_attack_mode = "eval"
+    official_attack_mode_source = ("zhaoshiji123/MTARD mtard/mtard_loss.py:38-51 (model.eval() while crafting), "
+                                   ":51-55 (model.train() after)")
 
     @property
     def clean_logits_roles(self) -> tuple[str, ...]:
@@ -90,7 +93,7 @@ class MTARD(AdversarialMethod):
     def loss(self, student, batch):
         p = self.params
         steps, step_size = self.attack_settings()
-        with model_mode(student, p.attack_mode == "train"):
+        with self.crafting(student):
             x_adv = noise_start_attack(batch.x, lambda x_: F.cross_entropy(student(x_), batch.y), self.threat,
                                        steps=steps, step_size=step_size, generator=self.generator)
         with torch.no_grad():

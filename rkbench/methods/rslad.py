@@ -21,7 +21,7 @@ class RSLAD(AdversarialMethod):
 
     The teacher's soft labels on the *clean* x serve in both terms and in the attack: x_adv
     maximizes KL(T(x) || S(x')) without labels, from x + 0.001 * N(0, 1), the threat model's steps
-    (10 x 2/255 at 8/255), student in eval mode (``attack_mode='eval'``, as the official code).
+    (10 x 2/255 at 8/255), in the protocol's BatchNorm mode (official: eval).
     Defaults: adv_weight=5/6, clean_weight=1/6, ``kl_reduction='mean'``.
 
     Departures of the official code (zibojia/RSLAD), decided here:
@@ -37,6 +37,8 @@ class RSLAD(AdversarialMethod):
 
     Params = RSLADParams
     uses_teacher = True
+    official_attack_mode = "eval"
+    official_attack_mode_source = "zibojia/RSLAD rslad_loss.py:37 (model.eval()), rslad_loss.py:53 (model.train())"
 
     def loss(self, student, batch):
         p = self.params

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .adversarial import AdversarialMethod, AdversarialParams
-from .base import METHODS, model_mode
+from .base import METHODS
 from .losses import kl_divergence
 
 
@@ -21,7 +21,7 @@ class TRADES(AdversarialMethod):
 
     x_adv maximizes KL(S(x) || S(x')) over the ball, without labels: S(x) is computed once with the
     student in eval mode (no grad), x' starts at x + 0.001 * N(0, 1) and takes the threat model's
-    steps (signed, projected, clipped to [0, 1]); ``attack_mode='eval'`` as in the official code.
+    steps (signed, projected, clipped to [0, 1]), in the protocol's BatchNorm mode (official: eval).
     In the loss both S(x) and S(x_adv) carry gradient (the official code does not detach the target).
     No teacher. Defaults: beta=6; the attack uses the threat model's steps and step size (the paper's
     CIFAR-10 setting is eps 0.031, 10 steps of 0.007: set ``attack_step_size: 0.007``).
@@ -31,9 +31,11 @@ class TRADES(AdversarialMethod):
     """
 
     Params = TRADESParams
+    official_attack_mode = "eval"
+    official_attack_mode_source = "yaodongyu/TRADES trades.py:28 (model.eval()), trades.py:73 (model.train())"
 
     def loss(self, student, batch):
-        with torch.no_grad(), model_mode(student, self.params.attack_mode == "train"):
+        with torch.no_grad(), self.crafting(student):
             target = student(batch.x)
         x_adv = self.craft_kl(student, batch.x, target_logits=target)
         logits = student(batch.x)

@@ -8,12 +8,18 @@ runs that differ only by their seed are aggregated into mean and sample standard
 
 Accuracies are in %. Columns (``<attack>`` is one per attack label of the evaluation):
 
-per seed:   [suite] teacher student method seed clean <attack>... worst_case teacher_clean
-            teacher_worst_case transfer_ratio delta_at train_s params madds [diagnostics] flags
-            status cascade run_id
-aggregated: [suite] teacher student method seeds clean clean_std <attack> <attack>_std ...
+per seed:   [suite] teacher student method attack_mode seed clean <attack>... worst_case teacher_clean
+            teacher_worst_case transfer_ratio delta_at train_s params madds [diagnostics] protocol
+            flags status cascade run_id
+aggregated: [suite] teacher student method attack_mode seeds clean clean_std <attack> <attack>_std ...
             worst_case worst_case_std teacher_clean teacher_worst_case transfer_ratio delta_at
-            train_s params madds [diagnostics with _std] flags status cascade seed_list run_id
+            train_s params madds [diagnostics with _std] protocol flags status cascade seed_list run_id
+
+``protocol`` is the suite's training-attack protocol (official | eval | train; ``?`` for results
+written before protocols existed); ``attack_mode`` the student's BatchNorm mode while the run's
+training examples were crafted (train, eval, ``n/a (free)`` for the exempt free family, ``-`` for
+a method that crafts none). A table whose rows come from more than one protocol flags every row
+``!mixed_protocols``.
 
 Columns whose name starts with ``_`` are internal (grouping keys) and never written.
 """
@@ -31,8 +37,10 @@ import pandas as pd
 from ..errors import RkbenchError
 from ..store import CONFIG, RUNS, TEACHERS, holds_results, iter_result_dirs, load_valid_metrics, read_json_or_none
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: the protocol and attack_mode columns
 ID_COLUMNS = ["teacher", "student", "method"]
+PROTOCOL_UNKNOWN = "?"  # results written before training-attack protocols existed
+MIXED_PROTOCOLS = "mixed_protocols"
 NO_TEACHER = "-"
 AT_METHOD = "at"  # the baseline of delta_at: the same student trained with plain adversarial training
 # metrics.json "diagnostics" key -> (column, scale): agreement and accuracies in %, as everywhere
@@ -44,6 +52,8 @@ FLAG_HELP = {
                              "(gradient masking?)",
     "zero_gradients": "many examples have a zero or non-finite input gradient (gradient masking?)",
     "autoattack_check": "one of AutoAttack's own sanity checks fired",
+    MIXED_PROTOCOLS: "the table mixes training-attack protocols (column protocol): rows differ in the BatchNorm "
+                     "mode their training examples were crafted in, not only in method",
 }
 
 
@@ -114,6 +124,32 @@ def _accuracies(metrics: dict, attacks: list[str]) -> tuple[dict, list[str]]:
     return row, cascade
 
 
+def attack_mode_label(mode) -> str:
+    """How tables show the mode a run crafted its training examples in (metrics.json ``attack_mode``)."""
+    return {None: "-", "free": "n/a (free)"}.get(mode, str(mode))
+
+
+def _protocol_columns(metrics: dict) -> dict:
+    if "protocol" not in metrics:  # written before protocols existed
+        return {"protocol": PROTOCOL_UNKNOWN, "attack_mode": PROTOCOL_UNKNOWN}
+    return {"protocol": str(metrics["protocol"]), "attack_mode": attack_mode_label(metrics.get("attack_mode"))}
+
+
+def protocols(frame: pd.DataFrame) -> list[str]:
+    """The training-attack protocols of the rows of a frame, sorted."""
+    return sorted(set(frame["protocol"].dropna().astype(str))) if "protocol" in frame.columns else []
+
+
+def _mark_mixed_protocols(frame: pd.DataFrame) -> pd.DataFrame:
+    """``!mixed_protocols`` on every row when the rows come from more than one protocol."""
+    found = protocols(frame)
+    if len(found) > 1:
+        flag = (MIXED_PROTOCOLS, f"protocols in this table: {', '.join(found)}")
+        frame["flags"] = [f"{text} !{MIXED_PROTOCOLS}".strip() for text in frame["flags"].fillna("")]
+        frame["_flags"] = [[*flags, flag] for flags in frame["_flags"]]
+    return frame
+
+
 def _flags(metrics: dict) -> list[dict]:
     return [f for f in metrics.get("flags") or [] if isinstance(f, dict) and f.get("code")]
 
@@ -122,7 +158,8 @@ def run_record(metrics: dict, config: dict | None, source: Path, attacks: list[s
     identity = (config or {}).get("identity") or {}
     teacher = metrics.get("teacher") or NO_TEACHER
     row = {"suite": (config or {}).get("suite") or source.name, "teacher": teacher,
-           "student": metrics.get("student"), "method": metrics.get("method"), "seed": metrics.get("seed")}
+           "student": metrics.get("student"), "method": metrics.get("method"), "seed": metrics.get("seed"),
+           **_protocol_columns(metrics)}
     accuracies, cascade = _accuracies(metrics, attacks)
     row.update(accuracies)
     for key, scale in DIAGNOSTICS.items():
@@ -156,7 +193,8 @@ def run_record(metrics: dict, config: dict | None, source: Path, attacks: list[s
 
 def teacher_record(metrics: dict, config: dict | None, source: Path, attacks: list[str]) -> dict:
     identity = (config or {}).get("identity")
-    row = {"teacher": metrics.get("teacher"), "model": metrics.get("model"), "source": metrics.get("source")}
+    row = {"teacher": metrics.get("teacher"), "model": metrics.get("model"), "source": metrics.get("source"),
+           "attack_mode": attack_mode_label(metrics.get("attack_mode"))}  # "-": not trained in the suite
     accuracies, cascade = _accuracies(metrics, attacks)
     row.update(accuracies)
     row.update({"params": _number(metrics.get("parameters")), "madds": _number(metrics.get("madds")),
@@ -254,19 +292,19 @@ def _derive(results: Results) -> None:
 
 
 def _columns(results: Results, view: str) -> list[str]:
-    head = (["suite"] if results.several_suites else []) + ID_COLUMNS
+    head = (["suite"] if results.several_suites else []) + ID_COLUMNS + ["attack_mode"]
     if view == "per_seed":
         metrics = ["clean", *results.attacks, "worst_case"]
         return (head + ["seed"] + metrics + ["teacher_clean", "teacher_worst_case", "transfer_ratio", "delta_at",
                                              "train_s", "params", "madds"]
-                + list(results.diagnostics) + ["flags", "status", "cascade", "run_id"])
+                + list(results.diagnostics) + ["protocol", "flags", "status", "cascade", "run_id"])
     columns = head + ["seeds"]
     for metric in ["clean", *results.attacks, "worst_case"]:
         columns += [metric, f"{metric}_std"]
     columns += ["teacher_clean", "teacher_worst_case", "transfer_ratio", "delta_at", "train_s", "params", "madds"]
     for metric in results.diagnostics:
         columns += [metric, f"{metric}_std"]
-    return columns + ["flags", "status", "cascade", "seed_list", "run_id"]
+    return columns + ["protocol", "flags", "status", "cascade", "seed_list", "run_id"]
 
 
 INTERNAL = ["_group", "_student_key", "_teacher_key", "_method_name", "_finished", "_source", "_flags",
@@ -289,6 +327,7 @@ def per_seed_frame(results: Results) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame(columns=_columns(results, "per_seed"))
     frame["flags"] = [flag_markers([flags]) for flags in frame["_flags"]]
+    frame = _mark_mixed_protocols(frame)
     frame = frame.sort_values(["student", "teacher", "method", "seed"], kind="stable")
     columns = _columns(results, "per_seed")
     return frame.reindex(columns=columns + INTERNAL).reset_index(drop=True)
@@ -306,8 +345,9 @@ def aggregate_frame(results: Results) -> pd.DataFrame:
     rows = []
     for _, group in frame.groupby(keys, sort=False):
         first = group.iloc[0]
-        row = {column: first[column] for column in ["suite", *ID_COLUMNS, "status", "params", "madds",
-                                                    "teacher_clean", "teacher_worst_case", *INTERNAL]}
+        row = {column: first[column] for column in ["suite", *ID_COLUMNS, "attack_mode", "protocol", "status",
+                                                    "params", "madds", "teacher_clean", "teacher_worst_case",
+                                                    *INTERNAL]}
         row["seeds"] = len(group)
         for metric in metrics:
             values = group[metric].astype(float)
@@ -323,7 +363,7 @@ def aggregate_frame(results: Results) -> pd.DataFrame:
         row["seed_list"] = " ".join(str(s) for s in sorted(group["seed"].dropna().astype(int)))
         row["run_id"] = " ".join(group.sort_values("seed")["run_id"])
         rows.append(row)
-    out = pd.DataFrame(rows)
+    out = _mark_mixed_protocols(pd.DataFrame(rows))
     out = out.sort_values(["student", "teacher", "method"], kind="stable")
     return out.reindex(columns=columns + INTERNAL).reset_index(drop=True)
 

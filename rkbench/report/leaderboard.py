@@ -8,10 +8,10 @@ import pandas as pd
 
 from ..errors import RkbenchError
 from ..store import holds_results, write_text
-from .frame import Results, aggregate_frame, collect, per_seed_frame, public
+from .frame import Results, aggregate_frame, collect, per_seed_frame, protocols, public
 from .paper import DEFAULT_TOLERANCE, against_paper, legend
 from .query import leaderboard
-from .text import display_frame, to_csv, to_json, to_markdown
+from .text import display_frame, protocol_note, to_csv, to_json, to_markdown, without_uniform_protocol
 
 FORMATS = ("md", "csv", "json", "html", "png")
 
@@ -37,21 +37,25 @@ def teachers_table(results: Results) -> pd.DataFrame:
 
 def render(frame: pd.DataFrame, fmt: str, teachers: pd.DataFrame | None = None, meta: dict | None = None,
            title: str = "rkbench leaderboard") -> str:
-    """The frame as md, csv, json or html text (the teachers' table joins md, json and html)."""
+    """The frame as md, csv, json or html text (the teachers' table joins md, json and html). Each
+    names the training-attack protocol: a note line (md, html), a column (csv, json, and md and html
+    when the rows mix protocols), ``protocols`` in the json document."""
+    note = protocol_note(frame)
     if fmt == "md":
-        text = to_markdown(frame)
+        text = (f"{note}\n\n" if note else "") + to_markdown(without_uniform_protocol(frame))
         if teachers is not None and not teachers.empty:
             text += "\nTeachers (accuracy in %):\n\n" + to_markdown(teachers, legend=False)
         return text
     if fmt == "csv":
         return to_csv(frame)
     if fmt == "json":
-        return to_json(frame, teachers, meta)
+        found = protocols(frame)
+        return to_json(frame, teachers, {**(meta or {}), "protocols": found, "mixed_protocols": len(found) > 1})
     if fmt == "html":
         from .html import to_html
 
-        notes = [f"sources: {', '.join((meta or {}).get('sources', []))}"] if meta else []
-        return to_html(frame, teachers, title, notes)
+        notes = ([note] if note else []) + ([f"sources: {', '.join(meta.get('sources', []))}"] if meta else [])
+        return to_html(without_uniform_protocol(frame), teachers, title, notes)
     raise RkbenchError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
@@ -135,7 +139,8 @@ def console_tables(results_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
     results = collect(results_dir)
     frame = leaderboard(None, results=results, internal=True)
     diagnostics_std = [f"{c}_std" for c in results.diagnostics]  # the terminal is narrow: means only
-    shown = display_frame(frame.drop(columns=diagnostics_std)).drop(
+    shown = display_frame(without_uniform_protocol(frame).drop(columns=diagnostics_std)).drop(
         columns=["params", "madds", "teacher_clean", "teacher_worst_case"], errors="ignore")
+    shown.attrs["note"] = protocol_note(frame)
     teachers = teachers_table(results)
     return shown, (display_frame(teachers) if not teachers.empty else teachers)

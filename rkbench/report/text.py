@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .frame import FLAG_HELP, SCHEMA_VERSION, public
+from .frame import FLAG_HELP, PROTOCOL_UNKNOWN, SCHEMA_VERSION, protocols, public
 
 # how numbers are shown (Markdown, HTML, the console); CSV and JSON keep full numbers, rounded
 COUNTS = {"params", "madds"}
@@ -111,6 +111,26 @@ def flag_legend(frame: pd.DataFrame) -> str:
     return f"\nIntegrity flags (they explain a number, never change it): {items}.\n"
 
 
+def protocol_note(frame: pd.DataFrame) -> str:
+    """One line naming the training-attack protocol of the table's rows, or saying that they mix protocols."""
+    found = protocols(frame)
+    if not found:
+        return ""
+    what = "the student's BatchNorm mode while training examples were crafted (column attack_mode)"
+    if len(found) == 1:
+        known = found[0] != PROTOCOL_UNKNOWN
+        return f"Training-attack protocol: {found[0] if known else 'unknown (older results)'}; {what}."
+    return (f"MIXED training-attack protocols: {', '.join(found)} (column protocol); rows differ in {what}, "
+            f"not only in method.")
+
+
+def without_uniform_protocol(frame: pd.DataFrame) -> pd.DataFrame:
+    """Tables with a note line drop the protocol column when every row has the same protocol."""
+    if "protocol" in frame.columns and len(protocols(frame)) <= 1:
+        return frame.drop(columns=["protocol"])
+    return frame
+
+
 def rounded(frame: pd.DataFrame) -> pd.DataFrame:
     """Public columns, numbers rounded for CSV/JSON (accuracies in % to 2 decimals)."""
     frame = public(frame).copy()
@@ -128,7 +148,7 @@ def to_csv(frame: pd.DataFrame) -> str:
 
 
 def to_json(frame: pd.DataFrame, teachers: pd.DataFrame | None = None, meta: dict | None = None) -> str:
-    """``{"schema_version": 2, "columns": [...], "rows": [...], "teachers": [...], ...}``; missing values null."""
+    """``{"schema_version": 3, "columns": [...], "rows": [...], "teachers": [...], ...}``; missing values null."""
     from .. import __version__
 
     def records(table):
