@@ -31,8 +31,10 @@ def one_loss(name: str, protocol: str) -> dict:
     teacher = build_model("cnn_tiny", 10, (1, 8, 8)).eval().requires_grad_(False)
     x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
     with torch.no_grad():
+        roles = METHODS.get(name).teacher_roles  # a multi-teacher method: the one teacher in every role
         batch = Batch(x, y, teacher_logits=teacher(x), teacher_features=teacher.features(x), teacher=teacher,
-                      epoch=0, epochs=4)
+                      teachers={role: teacher for role in roles} or None,
+                      teachers_logits={role: teacher(x) for role in roles} or None, epoch=0, epochs=4)
     method = build_method(name, {}, THREAT, seed=0, attack_mode=protocol)
     method.prepare(student, teacher)
     norm = next(m for m in student.modules() if isinstance(m, nn.BatchNorm2d))
