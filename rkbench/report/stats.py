@@ -1,0 +1,194 @@
+"""The statistics behind intervals, paired tests and sample-size planning (numpy and math only).
+
+- ``wilson``: the Wilson score interval of a binomial proportion (no continuity correction); the
+  interval of every accuracy cell.
+- ``clopper_pearson``: the exact (Clopper-Pearson) interval, from the binomial tails by bisection;
+  used for the ratio of discordant pairs behind the interval of a paired difference.
+- ``mcnemar``: the exact McNemar test of two classifiers on the same examples: under the null
+  hypothesis an example that one gets right and the other wrong is equally likely to go either
+  way, so the count ``b`` of examples only the second gets right is Binomial(b + c, 1/2). Seeds
+  are strata: conditional on each seed's discordant count, the pooled count is Binomial(sum of
+  the discordant counts, 1/2) under the null, so the test on discordant pairs pooled across
+  seeds is exact (the stratified exact McNemar test, Mantel-Haenszel style with equal weights).
+- ``paired_difference``: Δ = (b - c) / N and its interval conditional on the discordant count:
+  the Clopper-Pearson interval of b / (b + c) mapped through Δ = (2θ - 1)(b + c) / N. It
+  excludes 0 exactly when the (unadjusted) two-sided exact test has p < alpha.
+- ``holm``: Holm's step-down adjustment of a family of p-values.
+- ``detectable_difference``: the smallest difference a paired test detects (normal
+  approximation of Connor, Biometrics 1987, for McNemar's test) given n and the discordance rate.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+
+def z_value(alpha: float) -> float:
+    """The two-sided normal quantile: 1.96 for alpha 0.05."""
+    return NormalDist().inv_cdf(1 - alpha / 2)
+
+
+def wilson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials (as proportions)."""
+    if n <= 0:
+        return math.nan, math.nan
+    z = z_value(alpha)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _log_pmf(n: int) -> np.ndarray:
+    """log P(X = k) for X ~ Binomial(n, 1/2), k = 0..n."""
+    k = np.arange(n + 1)
+    return (math.lgamma(n + 1) - np.array([math.lgamma(i + 1) + math.lgamma(n - i + 1) for i in k])
+            - n * math.log(2.0))
+
+
+def _binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), summed in log space (stable for n in the tens of thousands)."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0
+    i = np.arange(k + 1)
+    logs = (math.lgamma(n + 1) - np.array([math.lgamma(j + 1) + math.lgamma(n - j + 1) for j in i])
+            + i * math.log(p) + (n - i) * math.log1p(-p))
+    top = logs.max()
+    return float(min(1.0, math.exp(top) * np.exp(logs - top).sum()))
+
+
+def _bisect(f, lo: float = 0.0, hi: float = 1.0, iterations: int = 200) -> float:
+    """The root of a function increasing from f(lo) < 0 to f(hi) > 0."""
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if f(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-15:
+            break
+    return (lo + hi) / 2
+
+
+def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact interval for k successes in n trials: P(X >= k | lo) = alpha/2 and P(X <= k | hi) = alpha/2."""
+    if n <= 0:
+        return 0.0, 1.0
+    lo = 0.0 if k == 0 else _bisect(lambda p: (1 - _binomial_cdf(k - 1, n, p)) - alpha / 2)
+    hi = 1.0 if k == n else _bisect(lambda p: alpha / 2 - _binomial_cdf(k, n, p))
+    return lo, hi
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: b ~ Binomial(b + c, 1/2); 2 x the smaller tail, at most 1."""
+    m = b + c
+    if m == 0:
+        return 1.0
+    logs = _log_pmf(m)[: min(b, c) + 1]
+    top = logs.max()
+    return float(min(1.0, 2.0 * math.exp(top) * np.exp(logs - top).sum()))
+
+
+@dataclass
+class Paired:
+    """A paired comparison of a run (or several seeds) against its baseline on the same examples."""
+
+    n: int  # examples, summed over seeds
+    b: int  # examples only the compared model gets right
+    c: int  # examples only the baseline gets right
+    seeds: int = 1
+    alpha: float = 0.05
+
+    @property
+    def delta(self) -> float:
+        """Accuracy of the compared model minus the baseline's, as a proportion."""
+        return (self.b - self.c) / self.n if self.n else math.nan
+
+    @property
+    def p(self) -> float:
+        return mcnemar_p(self.b, self.c)
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return paired_difference_interval(self.b, self.c, self.n, self.alpha)
+
+
+def discordant(correct: np.ndarray, baseline: np.ndarray) -> tuple[int, int]:
+    """(b, c): examples only ``correct`` gets right, examples only ``baseline`` gets right."""
+    correct, baseline = np.asarray(correct, bool), np.asarray(baseline, bool)
+    if correct.shape != baseline.shape:
+        raise ValueError(f"paired arrays differ in shape: {correct.shape} vs {baseline.shape}")
+    return int((correct & ~baseline).sum()), int((~correct & baseline).sum())
+
+
+def paired(pairs, alpha: float = 0.05) -> Paired:
+    """The stratified exact test over seeds: ``pairs`` is a list of (correct, baseline) arrays, one
+    per seed; discordant counts are pooled (exact under the null, see the module docstring)."""
+    n = b = c = 0
+    for correct, baseline in pairs:
+        bi, ci = discordant(correct, baseline)
+        n, b, c = n + len(correct), b + bi, c + ci
+    return Paired(n, b, c, len(pairs), alpha)
+
+
+def paired_difference_interval(b: int, c: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Interval of Δ = (b - c) / n conditional on the m = b + c discordant examples: Clopper-Pearson
+    for θ = b / m, Δ = (2θ - 1) m / n. No discordant example: (0, 0)."""
+    m = b + c
+    if n <= 0:
+        return math.nan, math.nan
+    if m == 0:
+        return 0.0, 0.0
+    lo, hi = clopper_pearson(b, m, alpha)
+    return (2 * lo - 1) * m / n, (2 * hi - 1) * m / n
+
+
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjusted p-values (same order as given; NaN stays NaN and is not counted)."""
+    values = [(p, i) for i, p in enumerate(p_values) if p is not None and not math.isnan(p)]
+    m = len(values)
+    adjusted = [math.nan] * len(list(p_values))
+    running = 0.0
+    for rank, (p, i) in enumerate(sorted(values)):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def verdict(delta: float, p_adjusted: float, alpha: float = 0.05) -> str:
+    if p_adjusted is None or math.isnan(p_adjusted) or math.isnan(delta):
+        return "-"
+    if p_adjusted < alpha:
+        return "better" if delta > 0 else "worse"
+    return "within noise"
+
+
+def detectable_difference(n: int, discordance: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest accuracy difference Δ (a proportion) that a two-sided paired McNemar test on n
+    examples detects with this power, when a fraction ``discordance`` of the examples are
+    classified differently by the two models (Connor 1987: n Δ² = (z_a √ψ + z_b √(ψ - Δ²))²).
+    NaN when even Δ = ψ (every discordant pair one way) is not detectable."""
+    za, zb = z_value(alpha), NormalDist().inv_cdf(power)
+
+    def needed(delta: float) -> float:
+        return (za * math.sqrt(discordance) + zb * math.sqrt(max(discordance - delta * delta, 0.0))) ** 2 / delta ** 2
+
+    if n <= 0 or discordance <= 0 or needed(discordance) > n:
+        return math.nan
+    lo, hi = 1e-9, discordance  # needed() falls as delta grows
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if needed(mid) > n:
+            lo = mid
+        else:
+            hi = mid
+    return hi
