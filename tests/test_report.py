@@ -298,7 +298,7 @@ def _chromium_dom(page: Path, fragment: str, profile: Path) -> tuple[str, str]:
 def _table_column(dom: str, table_id: str, column: str) -> list[str]:
     table = re.search(rf'<table class="sortable" id="{table_id}">(.*?)</table>', dom, re.S).group(1)
     header = re.findall(r'<th data-col="([^"]+)"', table)
-    rows = re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1], re.S)
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table.split("<tbody>")[1], re.S)
     index = header.index(column)
     return [re.findall(r'<td[^>]*data-v="([^"]*)"', r)[index] for r in rows]
 

@@ -192,3 +192,31 @@ def detectable_difference(n: int, discordance: float, alpha: float = 0.05, power
         else:
             hi = mid
     return hi
+
+
+DISCORDANCE_RATES = (0.05, 0.10, 0.20)
+
+
+def planning_lines(n: int, seeds: int = 1, accuracy: float = 0.8, alpha: float = 0.05, power: float = 0.8,
+                   rates=DISCORDANCE_RATES) -> list[str]:
+    """What ``n`` test examples (per seed) can resolve: the 95 % interval of one accuracy, and the
+    smallest difference a paired test detects at several discordance rates."""
+    lo, hi = wilson(round(accuracy * n), n, alpha)
+    lines = [f"{n} test examples x {seeds} seed(s): a {100 * accuracy:.0f} % accuracy has a 95 % Wilson interval of "
+             f"±{50 * (hi - lo):.1f} points on one seed"]
+    if seeds > 1:
+        lo, hi = wilson(round(accuracy * n * seeds), n * seeds, alpha)
+        lines[0] += f", ±{50 * (hi - lo):.1f} with the {seeds} seeds' examples pooled"
+    parts = []
+    for rate in rates:
+        one = detectable_difference(n, rate, alpha, power)
+        text = f"{100 * one:.1f}" if not math.isnan(one) else "none"
+        if seeds > 1:
+            pooled = detectable_difference(n * seeds, rate, alpha, power)
+            text += f" ({100 * pooled:.1f} over {seeds} seeds)"
+        parts.append(f"{text} points if {100 * rate:.0f} % are discordant")
+    lines.append(f"smallest difference a paired McNemar test detects (two-sided alpha {alpha:g}, power {power:g}; "
+                 f"Connor's approximation): " + "; ".join(parts))
+    lines.append("discordant: examples that exactly one of the two models gets right (under the worst case); "
+                 "methods that differ more disagree on more examples, and then need a larger difference")
+    return lines

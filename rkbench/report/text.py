@@ -11,7 +11,7 @@ from .frame import FLAG_HELP, SCHEMA_VERSION, public
 
 # how numbers are shown (Markdown, HTML, the console); CSV and JSON keep full numbers, rounded
 COUNTS = {"params", "madds"}
-INTEGERS = {"seed", "seeds"}
+INTEGERS = {"seed", "seeds", "n"}
 DECIMALS = {"transfer_ratio": 3, "grad_cosine": 3, "train_s": 1, "local_linearity": 4}
 SIGNED = {"delta_at", "delta"}
 P_VALUES = {"p", "p_holm"}
@@ -137,13 +137,8 @@ def interval_legend(frame: pd.DataFrame) -> str:
         notes.append("`78.4 ±3.8`: accuracy and half the width of its 95 % Wilson interval over the test "
                      "examples (of all seeds pooled); `(sd 0.5)`: sample std over seeds; exact bounds in "
                      "the CSV/JSON columns `X_lo`, `X_hi`")
-    baseline = frame.attrs.get("baseline")
-    if baseline and "verdict" in frame.columns:
-        notes.append(f"`delta`: {baseline['metric']} minus that of the baseline `{baseline['label']}` (same "
-                     f"student, teacher and seed, identical examples), in points, with its 95 % interval; `p`: "
-                     f"exact McNemar test on the per-example {baseline['metric']} (seeds pooled as strata); "
-                     f"`p_holm`: Holm-adjusted over the {baseline['tests']} rows compared; `verdict`: better or "
-                     f"worse when p_holm < {baseline['alpha']:g}, else within noise")
+    if "verdict" in frame.columns:
+        notes += list(frame.attrs.get("legend") or [])
     return "".join(f"\n{note}.\n" for note in notes)
 
 
