@@ -12,8 +12,8 @@ from scipy import stats as scipy_stats
 
 from rkbench.cli import main
 from rkbench.report import compare_report, report
-from rkbench.report.stats import (clopper_pearson, detectable_difference, holm, mcnemar_p, paired,
-                                  paired_difference_interval, verdict, wilson)
+from rkbench.report.stats import (detectable_difference, holm, mcnemar_p, paired, paired_difference_interval, verdict,
+                                  wilson)
 
 THREAT = {"norm": "linf", "eps": 0.1, "step_size": 0.025, "steps": 10}
 N = 400
@@ -25,14 +25,11 @@ LABELS = np.arange(N) % 4  # four classes of 100 examples
 
 
 @pytest.mark.parametrize("k,n", [(0, 10), (1, 10), (3, 10), (10, 10), (360, 450), (449, 450), (7, 1000), (5000, 10000)])
-def test_wilson_and_clopper_pearson_equal_scipy(k, n):
-    expected = scipy_stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-    assert wilson(k, n) == (pytest.approx(expected.low, abs=1e-12), pytest.approx(expected.high, abs=1e-12))
-    lo = 0.0 if k == 0 else scipy_stats.beta.ppf(0.025, k, n - k + 1)
-    hi = 1.0 if k == n else scipy_stats.beta.ppf(0.975, k + 1, n - k)
-    assert clopper_pearson(k, n) == (pytest.approx(lo, abs=1e-10), pytest.approx(hi, abs=1e-10))
-    exact = scipy_stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
-    assert clopper_pearson(k, n) == (pytest.approx(exact.low, abs=1e-10), pytest.approx(exact.high, abs=1e-10))
+def test_wilson_equals_scipy(k, n):
+    for level in (0.95, 0.99):
+        expected = scipy_stats.binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+        assert wilson(k, n, alpha=1 - level) == (pytest.approx(expected.low, abs=1e-12),
+                                                 pytest.approx(expected.high, abs=1e-12))
 
 
 @pytest.mark.parametrize("b,c", [(0, 1), (3, 10), (20, 5), (7, 7), (100, 130), (2500, 2600), (0, 40)])
@@ -44,7 +41,8 @@ def test_identical_runs_give_p_1_and_a_clearly_different_pair_p_below_001():
     rng = np.random.default_rng(0)
     base = rng.random(N) < 0.7
     same = paired([(base, base)])
-    assert same.p == 1.0 and same.delta == 0.0 and same.interval == (0.0, 0.0)
+    assert same.p == 1.0 and same.delta == 0.0
+    assert same.interval[0] < 0 < same.interval[1] and same.interval[1] - same.interval[0] < 0.02
     better = base.copy()
     better[np.flatnonzero(~base)[:40]] = True  # 40 more examples right, none lost
     result = paired([(better, base)])
@@ -62,16 +60,34 @@ def test_seeds_are_pooled_as_strata():
     assert result.p == pytest.approx(scipy_stats.binomtest(b, b + c).pvalue, rel=1e-9)
 
 
-@pytest.mark.parametrize("b,c", [(3, 10), (20, 5), (15, 5), (14, 5), (9, 2), (40, 0), (0, 0)])
-def test_paired_interval_is_clopper_pearson_on_discordant_pairs_and_agrees_with_the_test(b, c):
-    lo, hi = paired_difference_interval(b, c, 450)
-    m = b + c
-    if m:
-        exact = scipy_stats.binomtest(b, m).proportion_ci(method="exact")
-        assert lo == pytest.approx((2 * exact.low - 1) * m / 450, abs=1e-10)
-        assert hi == pytest.approx((2 * exact.high - 1) * m / 450, abs=1e-10)
-    assert lo <= (b - c) / 450 <= hi
-    assert (lo > 0 or hi < 0) == (mcnemar_p(b, c) < 0.05)  # the interval excludes 0 exactly when p < 0.05
+@pytest.mark.parametrize("a,b,c,d", [(300, 3, 10, 137), (300, 20, 5, 125), (0, 0, 0, 450), (410, 40, 0, 0),
+                                     (200, 0, 0, 250), (59, 6, 16, 80), (1, 1, 7, 12)])
+def test_paired_interval_is_newcombes_hybrid_score_from_scipys_wilson_intervals(a, b, c, d):
+    n = a + b + c + d
+    lo, hi = paired_difference_interval(a, b, c, d)
+    p1, p2 = (a + b) / n, (a + c) / n
+    w1 = scipy_stats.binomtest(a + b, n).proportion_ci(method="wilson")
+    w2 = scipy_stats.binomtest(a + c, n).proportion_ci(method="wilson")
+    cross = a * d - b * c  # the correlation's numerator, shrunk by n/2 when positive (Newcombe 1998)
+    cross = max(cross - n / 2, 0) if cross >= 0 else cross
+    margins = (a + b) * (c + d) * (a + c) * (b + d)
+    phi = cross / math.sqrt(margins) if margins else 0.0
+    below = math.sqrt(max((p1 - w1.low) ** 2 - 2 * phi * (p1 - w1.low) * (w2.high - p2) + (w2.high - p2) ** 2, 0))
+    above = math.sqrt(max((w1.high - p1) ** 2 - 2 * phi * (w1.high - p1) * (p2 - w2.low) + (p2 - w2.low) ** 2, 0))
+    assert (lo, hi) == (pytest.approx(max(-1, p1 - p2 - below), abs=1e-12), pytest.approx(min(1, p1 - p2 + above),
+                                                                                            abs=1e-12))
+    assert lo <= (b - c) / n <= hi
+
+
+def test_paired_interval_covers_the_true_difference_about_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    n, covered, runs = 300, 0, 2000
+    # each example: both right 0.6, only the first 0.1, only the second 0.05, neither 0.25 -> true delta 0.05
+    cells = rng.multinomial(n, [0.6, 0.1, 0.05, 0.25], size=runs)
+    for a, b, c, d in cells:
+        lo, hi = paired_difference_interval(int(a), int(b), int(c), int(d))
+        covered += lo <= 0.05 <= hi
+    assert 0.93 <= covered / runs <= 0.975
 
 
 def test_holm_on_hand_made_p_values():

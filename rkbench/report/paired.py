@@ -1,7 +1,7 @@
 """Paired comparisons on identical examples: ``rkbench report --baseline`` and ``rkbench compare``.
 
 Two runs are compared on their per-example correctness (``per_example.npz``) for one metric:
-Δ (points), its 95 % interval conditional on the discordant examples, the exact McNemar p-value,
+Δ (points), its 95 % interval (Newcombe's hybrid score for paired proportions), the exact McNemar p-value,
 and over a table the Holm-adjusted p-value and a verdict (better / worse / within noise). Runs of
 several seeds are paired seed by seed and their discordant counts pooled (a stratified exact
 test; ``stats``). Runs evaluated on different examples or threat models are never compared: that
@@ -206,12 +206,12 @@ def with_baseline(frame: pd.DataFrame, runs: pd.DataFrame, label: str, metric: s
 
 
 TEST = "exact McNemar test on per-example correctness, seeds as strata (discordant pairs pooled); Holm over the rows"
-INTERVAL = "95 % interval of the paired difference, conditional on the discordant examples (Clopper-Pearson)"
+INTERVAL = "95 % interval of the paired difference: Newcombe's hybrid score (1998, method 10)"
 
 
 def legend(what: str, metric: str, tests: int, alpha: float) -> str:
-    return (f"`delta`: {what}, in points on identical examples, with its 95 % interval (exact, conditional on the "
-            f"examples the two classify differently); `p`: exact McNemar test on the per-example {metric}, seeds "
+    return (f"`delta`: {what}, in points on identical examples, with its 95 % interval (Newcombe's hybrid score "
+            f"for paired proportions); `p`: exact McNemar test on the per-example {metric}, seeds "
             f"pooled as strata; `p_holm`: Holm-adjusted over the {tests} comparisons; `verdict`: better or worse "
             f"when p_holm < {alpha:g}, else within noise (the difference may be sampling noise)")
 

@@ -2,17 +2,17 @@
 
 - ``wilson``: the Wilson score interval of a binomial proportion (no continuity correction); the
   interval of every accuracy cell.
-- ``clopper_pearson``: the exact (Clopper-Pearson) interval, from the binomial tails by bisection;
-  used for the ratio of discordant pairs behind the interval of a paired difference.
 - ``mcnemar``: the exact McNemar test of two classifiers on the same examples: under the null
   hypothesis an example that one gets right and the other wrong is equally likely to go either
   way, so the count ``b`` of examples only the second gets right is Binomial(b + c, 1/2). Seeds
   are strata: conditional on each seed's discordant count, the pooled count is Binomial(sum of
   the discordant counts, 1/2) under the null, so the test on discordant pairs pooled across
   seeds is exact (the stratified exact McNemar test, Mantel-Haenszel style with equal weights).
-- ``paired_difference``: Δ = (b - c) / N and its interval conditional on the discordant count:
-  the Clopper-Pearson interval of b / (b + c) mapped through Δ = (2θ - 1)(b + c) / N. It
-  excludes 0 exactly when the (unadjusted) two-sided exact test has p < alpha.
+- ``paired_difference_interval``: Δ = (b - c) / N and Newcombe's hybrid score interval for a
+  difference of paired proportions (Newcombe, Stat. Med. 1998, method 10: the two accuracies'
+  Wilson intervals combined by "square and add", with their correlation φ, whose numerator
+  ad - bc is shrunk by N/2 towards 0 when positive). It is not derived from the test, so at the
+  margin the interval may exclude 0 while p is just above alpha (or the reverse).
 - ``holm``: Holm's step-down adjustment of a family of p-values.
 - ``detectable_difference``: the smallest difference a paired test detects (normal
   approximation of Connor, Biometrics 1987, for McNemar's test) given n and the discordance rate.
@@ -49,45 +49,6 @@ def _log_pmf(n: int) -> np.ndarray:
             - n * math.log(2.0))
 
 
-def _binomial_cdf(k: int, n: int, p: float) -> float:
-    """P(X <= k) for X ~ Binomial(n, p), summed in log space (stable for n in the tens of thousands)."""
-    if k < 0:
-        return 0.0
-    if k >= n:
-        return 1.0
-    if p <= 0.0:
-        return 1.0
-    if p >= 1.0:
-        return 0.0
-    i = np.arange(k + 1)
-    logs = (math.lgamma(n + 1) - np.array([math.lgamma(j + 1) + math.lgamma(n - j + 1) for j in i])
-            + i * math.log(p) + (n - i) * math.log1p(-p))
-    top = logs.max()
-    return float(min(1.0, math.exp(top) * np.exp(logs - top).sum()))
-
-
-def _bisect(f, lo: float = 0.0, hi: float = 1.0, iterations: int = 200) -> float:
-    """The root of a function increasing from f(lo) < 0 to f(hi) > 0."""
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        if f(mid) < 0:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-15:
-            break
-    return (lo + hi) / 2
-
-
-def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Exact interval for k successes in n trials: P(X >= k | lo) = alpha/2 and P(X <= k | hi) = alpha/2."""
-    if n <= 0:
-        return 0.0, 1.0
-    lo = 0.0 if k == 0 else _bisect(lambda p: (1 - _binomial_cdf(k - 1, n, p)) - alpha / 2)
-    hi = 1.0 if k == n else _bisect(lambda p: alpha / 2 - _binomial_cdf(k, n, p))
-    return lo, hi
-
-
 def mcnemar_p(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value: b ~ Binomial(b + c, 1/2); 2 x the smaller tail, at most 1."""
     m = b + c
@@ -105,6 +66,7 @@ class Paired:
     n: int  # examples, summed over seeds
     b: int  # examples only the compared model gets right
     c: int  # examples only the baseline gets right
+    a: int = 0  # examples both get right
     seeds: int = 1
     alpha: float = 0.05
 
@@ -119,7 +81,7 @@ class Paired:
 
     @property
     def interval(self) -> tuple[float, float]:
-        return paired_difference_interval(self.b, self.c, self.n, self.alpha)
+        return paired_difference_interval(self.a, self.b, self.c, self.n - self.a - self.b - self.c, self.alpha)
 
 
 def discordant(correct: np.ndarray, baseline: np.ndarray) -> tuple[int, int]:
@@ -133,23 +95,33 @@ def discordant(correct: np.ndarray, baseline: np.ndarray) -> tuple[int, int]:
 def paired(pairs, alpha: float = 0.05) -> Paired:
     """The stratified exact test over seeds: ``pairs`` is a list of (correct, baseline) arrays, one
     per seed; discordant counts are pooled (exact under the null, see the module docstring)."""
-    n = b = c = 0
+    n = a = b = c = 0
     for correct, baseline in pairs:
         bi, ci = discordant(correct, baseline)
-        n, b, c = n + len(correct), b + bi, c + ci
-    return Paired(n, b, c, len(pairs), alpha)
+        n, a, b, c = n + len(correct), a + int((np.asarray(correct, bool) & np.asarray(baseline, bool)).sum()), \
+            b + bi, c + ci
+    return Paired(n, b, c, a, len(pairs), alpha)
 
 
-def paired_difference_interval(b: int, c: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Interval of Δ = (b - c) / n conditional on the m = b + c discordant examples: Clopper-Pearson
-    for θ = b / m, Δ = (2θ - 1) m / n. No discordant example: (0, 0)."""
-    m = b + c
+def paired_difference_interval(a: int, b: int, c: int, d: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Newcombe's hybrid score interval of Δ = p1 - p2 = (b - c) / n for paired proportions: a both
+    right, b only the first, c only the second, d neither; p1 = (a + b) / n, p2 = (a + c) / n."""
+    n = a + b + c + d
     if n <= 0:
         return math.nan, math.nan
-    if m == 0:
-        return 0.0, 0.0
-    lo, hi = clopper_pearson(b, m, alpha)
-    return (2 * lo - 1) * m / n, (2 * hi - 1) * m / n
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = wilson(a + b, n, alpha)
+    l2, u2 = wilson(a + c, n, alpha)
+    margins = (a + b) * (c + d) * (a + c) * (b + d)
+    phi = 0.0
+    if margins > 0:
+        cross = a * d - b * c
+        cross = cross - n / 2 if cross > n / 2 else (0.0 if cross >= 0 else cross)
+        phi = cross / math.sqrt(margins)
+    below = math.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
+    above = math.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
+    delta = p1 - p2
+    return max(-1.0, delta - below), min(1.0, delta + above)
 
 
 def holm(p_values) -> list[float]:
