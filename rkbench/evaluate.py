@@ -26,9 +26,9 @@ from . import store
 from .attacks import Attack, perturbation_norm
 from .errors import AttackError
 
-CLEAN = "clean"
-EVALUATED = "__evaluated"  # suffix of the mask arrays in per_example.npz
-LABELS = "__labels"  # the true class of each example (per-class accuracies in reports; absent in older files)
+CLEAN = store.CLEAN
+EVALUATED = store.EVALUATED  # suffix of the mask arrays in per_example.npz
+LABELS = store.LABELS  # the true class of each example (per-class accuracies in reports; absent in older files)
 
 
 @dataclass

@@ -23,6 +23,11 @@ STUDENT = "student.pt"
 TEACHER = "teacher.pt"
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.txt"
+# inside per_example.npz: one bool array per label ("clean", each attack), "<label>__evaluated"
+# (was the attack run on that example), "__labels" (the true classes)
+CLEAN = "clean"
+EVALUATED = "__evaluated"
+LABELS = "__labels"
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:

@@ -12,11 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RkbenchError
-from ..store import PER_EXAMPLE
-
-CLEAN = "clean"
-EVALUATED = "__evaluated"
-LABELS = "__labels"
+from ..store import CLEAN, EVALUATED, LABELS, PER_EXAMPLE
 
 
 def read_arrays(run_directory: Path) -> dict[str, np.ndarray] | None:

@@ -12,7 +12,7 @@ from .frame import FLAG_HELP, SCHEMA_VERSION, public
 # how numbers are shown (Markdown, HTML, the console); CSV and JSON keep full numbers, rounded
 COUNTS = {"params", "madds"}
 INTEGERS = {"seed", "seeds", "n"}
-DECIMALS = {"transfer_ratio": 3, "grad_cosine": 3, "train_s": 1, "local_linearity": 4}
+DECIMALS = {"transfer_ratio": 3, "grad_cosine": 3, "train_s": 1, "local_linearity": 4, "worst_class": 1}
 SIGNED = {"delta_at", "delta"}
 P_VALUES = {"p", "p_holm"}
 FOLDED = ("_std", "_lo", "_hi")  # shown inside their column's cell: mean ±interval (sd std)
