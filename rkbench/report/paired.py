@@ -19,7 +19,7 @@ import pandas as pd
 from ..errors import RkbenchError
 from ..store import CONFIG, RUNS, load_valid_metrics, read_json_or_none
 from . import examples
-from .frame import NO_TEACHER
+from .frame import NO_TEACHER, Results
 from .stats import holm, paired, verdict, wilson
 
 PAIRED_COLUMNS = ["delta", "delta_lo", "delta_hi", "p", "p_holm", "verdict"]
@@ -232,7 +232,7 @@ class Item:
     runs: list[RunArrays]
 
 
-def resolve(item: str, results: "Results | None") -> Item:  # noqa: F821 (Results: frame.Results)
+def resolve(item: str, results: Results | None) -> Item:
     """A run directory, or ``student/method`` / ``student/teacher/method`` among ``results``' runs."""
     path = Path(item)
     if (path / "metrics.json").is_file():
