@@ -164,6 +164,7 @@ def evaluate(model: nn.Module | str, dataset: str | TensorDataset = "digits", at
         merged = kept.subset(list(kept_configs)) if kept is not None else EvalResult(result.n_examples, {}, {})
         merged.correct.update(result.correct)
         merged.evaluated.update(result.evaluated)
+        merged.labels = result.labels
         save_per_example(cache / store.PER_EXAMPLE, merged)
         store.write_json(cache / "attacks.json", {"threat": threat_dump, "attacks": {**kept_configs, **configs}})
     return Evaluation(result, configs, cached)

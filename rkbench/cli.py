@@ -104,13 +104,15 @@ def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, execut
 @plugin_option
 @one_line_errors
 def validate(suite_file, overrides):
-    """Check SUITE_FILE and print its run matrix; runs nothing."""
-    from .cli_display import print_plan
+    """Check SUITE_FILE and print its run matrix and what its number of test examples can resolve;
+    runs nothing."""
+    from .cli_display import print_plan, print_planning
     from .suite import expand, load_suite
 
     suite = load_suite(suite_file, overrides)
     teachers, runs = expand(suite)
     print_plan(suite, teachers, runs, None)
+    print_planning(suite)
 
 
 @main.command()
@@ -131,16 +133,29 @@ def validate(suite_file, overrides):
               "measured ones: paper, measured, difference, !off beyond --tolerance (md, csv, json).")
 @click.option("--tolerance", type=float, default=2.0, show_default=True,
               help="--against-paper: flag differences larger than this many points.")
+@click.option("--baseline", metavar="METHOD", help="Paired tests of every row against this method (at, or "
+              "teacher/method) for the same student, teacher and seed: delta, its interval, p, Holm verdict.")
+@click.option("--metric", default="worst_case", show_default=True,
+              help="What --baseline compares per example: worst_case, clean or an exact attack's label.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
+              help="Level of the Holm-corrected verdicts.")
+@click.option("--per-class", is_flag=True, help="The per-class worst-case accuracy of every row (robust fairness).")
 @one_line_errors
-def report(results_dirs, fmt, out, sort, where, pivot_by, value, per_seed, against_paper, tolerance):
+def report(results_dirs, fmt, out, sort, where, pivot_by, value, per_seed, against_paper, tolerance, baseline, metric,
+           alpha, per_class):
     """Leaderboard of one or several results directories, from their files alone (runs found in
     several directories count once)."""
     from .report import report as build_report
 
     text, written, results = build_report(results_dirs, fmt, per_seed=per_seed, where=where, sort=sort,
                                           pivot_by=pivot_by, value=value, out=out, against_paper=against_paper,
-                                          tolerance=tolerance)
-    if results.duplicates:
+                                          tolerance=tolerance, baseline=baseline, metric=metric, alpha=alpha,
+                                          per_class=per_class)
+    _write_report(text, written, results, out)
+
+
+def _write_report(text, written, results, out) -> None:
+    if results is not None and results.duplicates:
         shown = ", ".join(results.duplicates[:5]) + (f" (+{len(results.duplicates) - 5} more)"
                                                       if len(results.duplicates) > 5 else "")
         click.echo(f"note: {len(results.duplicates)} run(s) found in more than one directory, counted once: "
@@ -170,6 +185,26 @@ def status(results_dir, as_json):
         click.echo(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
     else:
         click.echo(format_status(rows), nl=False)
+
+
+@main.command()
+@click.argument("items", nargs=-1, required=True, metavar="A B [C...]")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where student/method (or student/teacher/method) labels are looked up.")
+@click.option("--metric", "metrics", multiple=True, help="Compare only this metric (repeatable; default: every "
+              "metric measured per example in all runs).")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
+              help="Level of the Holm-corrected verdicts.")
+@click.option("--out", type=click.Path(path_type=Path), help="Write to this file, not stdout.")
+@one_line_errors
+def compare(items, results_dir, metrics, fmt, alpha, out):
+    """Paired exact tests of B, C... against A on their common examples, for every metric. Each of
+    A, B... is a run directory or a student/method label inside --results-dir (all its seeds)."""
+    from .report import compare_report
+
+    text, _ = compare_report(items, results_dir, metrics, fmt, alpha)
+    _write_report(text, [], None, out)
 
 
 @main.command(name="eval")

@@ -77,6 +77,25 @@ def print_plan(suite, teachers, runs, results_dir: Path | None) -> None:
     console.print(table)
 
 
+def print_planning(suite) -> None:
+    """What the suite's number of test examples can resolve (intervals, detectable paired differences)."""
+    from .errors import RkbenchError
+    from .report.stats import planning_lines
+
+    n = suite.evaluation.n_examples
+    if n is None:  # all of the test split: its size is known once the dataset is loaded
+        try:
+            from .data import load_dataset
+
+            n = int(load_dataset(suite.dataset.name, suite.dataset.options).x_test.shape[0])
+        except (RkbenchError, OSError) as exc:
+            console.print(f"sample size: evaluation.n_examples is not set and the test split could not be loaded "
+                          f"({exc}); set it to see what it can resolve")
+            return
+    for line in planning_lines(n, len(suite.training.seeds)):
+        console.print(line, highlight=False)
+
+
 def print_leaderboard(results_dir: Path) -> None:
     from .report import console_tables
 

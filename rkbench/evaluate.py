@@ -26,8 +26,9 @@ from . import store
 from .attacks import Attack, perturbation_norm
 from .errors import AttackError
 
-CLEAN = "clean"
-EVALUATED = "__evaluated"  # suffix of the mask arrays in per_example.npz
+CLEAN = store.CLEAN
+EVALUATED = store.EVALUATED  # suffix of the mask arrays in per_example.npz
+LABELS = store.LABELS  # the true class of each example (per-class accuracies in reports; absent in older files)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class EvalResult:
     evaluated: dict[str, np.ndarray] = field(default_factory=dict)  # attack label -> bool [n]: was it run there
     seconds: dict[str, float] = field(default_factory=dict)
     flags: list[dict] = field(default_factory=list)
+    labels: np.ndarray | None = None  # int [n]: the true classes
 
     def is_exact(self, label: str) -> bool:
         return label == CLEAN or bool(self.evaluated.get(label, np.zeros(0, bool)).all())
@@ -72,22 +74,26 @@ class EvalResult:
     def arrays(self) -> dict[str, np.ndarray]:
         out = dict(self.correct)
         out.update({label + EVALUATED: mask for label, mask in self.evaluated.items()})
+        if self.labels is not None:
+            out[LABELS] = self.labels
         return out
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "EvalResult":
-        correct = {k: v.astype(bool) for k, v in arrays.items() if not k.endswith(EVALUATED)}
+        labels = arrays.get(LABELS)
+        correct = {k: v.astype(bool) for k, v in arrays.items() if not k.endswith(EVALUATED) and k != LABELS}
         evaluated = {k[: -len(EVALUATED)]: v.astype(bool) for k, v in arrays.items() if k.endswith(EVALUATED)}
         for label in correct:  # arrays written before masks existed were run everywhere
             if label != CLEAN and label not in evaluated:
                 evaluated[label] = np.ones_like(correct[label], dtype=bool)
-        return cls(len(correct.get(CLEAN, [])), correct, evaluated)
+        return cls(len(correct.get(CLEAN, [])), correct, evaluated,
+                   labels=None if labels is None else labels.astype(np.int64))
 
     def subset(self, labels: Sequence[str]) -> "EvalResult":
         keep = [CLEAN, *labels]
         return EvalResult(self.n_examples, {k: v for k, v in self.correct.items() if k in keep},
                           {k: v for k, v in self.evaluated.items() if k in keep},
-                          {k: v for k, v in self.seconds.items() if k in keep})
+                          {k: v for k, v in self.seconds.items() if k in keep}, labels=self.labels)
 
 
 @torch.no_grad()
@@ -134,7 +140,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: dict[s
         raise AttackError("evaluation on zero examples: check evaluation.n_examples and the dataset")
     model.eval()
     exact = set(attacks) if not cascade else set(exact or ())
-    result = EvalResult(n, {}, {}, {})
+    result = EvalResult(n, {}, {}, {}, labels=y.cpu().numpy().astype(np.int64))
     if previous is not None and previous.n_examples == n:
         result.correct.update(previous.correct)
         result.evaluated.update(previous.evaluated)

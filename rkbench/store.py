@@ -41,6 +41,11 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+# inside per_example.npz: one bool array per label ("clean", each attack), "<label>__evaluated"
+# (was the attack run on that example), "__labels" (the true classes)
+CLEAN = "clean"
+EVALUATED = "__evaluated"
+LABELS = "__labels"
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:

@@ -223,14 +223,20 @@ def test_csv_columns_are_stable_and_json_has_a_schema(dirs, tmp_path):
     out = tmp_path / "board.csv"
     assert CliRunner().invoke(main, ["report", str(a), "--format", "csv", "--out", str(out)]).exit_code == 0
     header = out.read_text().splitlines()[0].split(",")
-    assert header == ["teacher", "student", "method", "attack_mode", "seeds", "clean", "clean_std", "pgd20",
-                      "pgd20_std", "aa", "aa_std", "worst_case", "worst_case_std", "teacher_clean",
-                      "teacher_worst_case", "transfer_ratio", "delta_at", "train_s", "params", "madds", "protocol",
-                      "flags", "status", "cascade", "seed_list", "run_id"]
+    assert header == ["teacher", "student", "method", "attack_mode", "seeds", "clean", "clean_std", "clean_lo", "clean_hi", "pgd20",
+                      "pgd20_std", "pgd20_lo", "pgd20_hi", "aa", "aa_std", "aa_lo", "aa_hi", "worst_case",
+                      "worst_case_std", "worst_case_lo", "worst_case_hi", "worst_class", "worst_class_std",
+                      "teacher_clean", "teacher_worst_case", "transfer_ratio", "delta_at", "train_s", "params",
+                      "madds", "protocol", "flags", "status", "cascade", "seed_list", "run_id"]
     csv = pd.read_csv(out)
-    assert row(csv, method="ard", student="mlp")["worst_case_std"] == pytest.approx(2.0)
+    ard = row(csv, method="ard", student="mlp")
+    assert ard["worst_case_std"] == pytest.approx(2.0)
+    # the interval pools the 3 seeds' 100 examples each: 186 of 300 correct, Wilson 95 %
+    assert (ard["worst_case_lo"], ard["worst_case_hi"]) == (pytest.approx(56.39), pytest.approx(67.31))
     per_seed = CliRunner().invoke(main, ["report", str(a), "--format", "csv", "--per-seed"]).stdout
-    assert per_seed.splitlines()[0].startswith("teacher,student,method,attack_mode,seed,clean,pgd20,aa,worst_case,")
+    assert per_seed.splitlines()[0].startswith("teacher,student,method,attack_mode,seed,clean,clean_lo,clean_hi,pgd20,pgd20_lo,"
+                                               "pgd20_hi,aa,aa_lo,aa_hi,worst_case,worst_case_lo,worst_case_hi,"
+                                               "worst_class,")
     document = json.loads(CliRunner().invoke(main, ["report", str(a), "--format", "json"]).stdout)
     assert document["schema_version"] == 3 and document["view"] == "aggregated"
     assert document["columns"] == header and len(document["rows"]) == 6
@@ -249,7 +255,7 @@ def test_markdown_renders_as_one_github_table(dirs):
     assert re.fullmatch(r"\|(---:?\|)+", table[1])
     cells = {len(re.findall(r"(?<!\\)\|", line)) for line in table}
     assert len(cells) == 1  # every row has as many cells as the header
-    assert "| 62.00 ± 2.00 |" in text and "| cascade |" in text and "!zero_gradients(1/2)" in text
+    assert "| 62.0 ±5.5 (sd 2.0) |" in text and "| cascade |" in text and "Wilson interval" in text and "!zero_gradients(1/2)" in text
     assert "Integrity flags" in text
 
 
@@ -299,7 +305,7 @@ def _chromium_dom(page: Path, fragment: str, profile: Path) -> tuple[str, str]:
 def _table_column(dom: str, table_id: str, column: str) -> list[str]:
     table = re.search(rf'<table class="sortable" id="{table_id}">(.*?)</table>', dom, re.S).group(1)
     header = re.findall(r'<th data-col="([^"]+)"', table)
-    rows = re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1], re.S)
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table.split("<tbody>")[1], re.S)
     index = header.index(column)
     return [re.findall(r'<td[^>]*data-v="([^"]*)"', r)[index] for r in rows]
 

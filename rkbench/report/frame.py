@@ -6,14 +6,18 @@ two directories) is counted once. Every run gets its derived columns (its teache
 accuracy, the transfer ratio, the difference to adversarial training of the same student), and
 runs that differ only by their seed are aggregated into mean and sample standard deviation.
 
-Accuracies are in %. Columns (``<attack>`` is one per attack label of the evaluation):
+Accuracies are in %. Columns (``<attack>`` is one per attack label of the evaluation; every
+accuracy X has ``X_lo`` / ``X_hi`` beside it: its 95 % Wilson interval over the examples, of all
+seeds in the aggregated view; ``worst_class`` is the lowest per-class worst case):
 
-per seed:   [suite] teacher student method attack_mode seed clean <attack>... worst_case teacher_clean
-            teacher_worst_case transfer_ratio delta_at train_s params madds [diagnostics] protocol
-            flags status cascade run_id
-aggregated: [suite] teacher student method attack_mode seeds clean clean_std <attack> <attack>_std ...
-            worst_case worst_case_std teacher_clean teacher_worst_case transfer_ratio delta_at
-            train_s params madds [diagnostics with _std] protocol flags status cascade seed_list run_id
+per seed:   [suite] teacher student method attack_mode seed clean clean_lo clean_hi <attack>...
+            worst_case worst_case_lo worst_case_hi worst_class teacher_clean teacher_worst_case
+            transfer_ratio delta_at train_s params madds [diagnostics] protocol flags status cascade
+            run_id
+aggregated: [suite] teacher student method attack_mode seeds clean clean_std clean_lo clean_hi
+            <attack> ... worst_case worst_case_std worst_case_lo worst_case_hi worst_class
+            worst_class_std teacher_clean teacher_worst_case transfer_ratio delta_at train_s params
+            madds [diagnostics with _std] protocol flags status cascade seed_list run_id
 
 ``protocol`` is the suite's training-attack protocol (official | eval | train; ``?`` for results
 written before protocols existed); ``attack_mode`` the student's BatchNorm mode while the run's
@@ -36,6 +40,8 @@ import pandas as pd
 
 from ..errors import RkbenchError
 from ..store import CONFIG, RUNS, TEACHERS, holds_results, iter_result_dirs, load_valid_metrics, read_json_or_none
+from .examples import class_counts
+from .stats import wilson
 
 SCHEMA_VERSION = 3  # 3: the protocol and attack_mode columns
 ID_COLUMNS = ["teacher", "student", "method"]
@@ -112,6 +118,14 @@ def _number(value) -> float:
     return np.nan if value is None else float(value)
 
 
+def interval(accuracy: float, n) -> tuple[float, float]:
+    """95 % Wilson interval (in %) of an accuracy (in %) measured on n examples."""
+    if n is None or n <= 0 or accuracy is None or math.isnan(accuracy):
+        return np.nan, np.nan
+    lo, hi = wilson(round(accuracy * n / 100.0), int(n))
+    return 100.0 * lo, 100.0 * hi
+
+
 def _accuracies(metrics: dict, attacks: list[str]) -> tuple[dict, list[str]]:
     row, cascade = {"clean": percent(metrics.get("clean_accuracy"))}, []
     for label, value in (metrics.get("robust_accuracy") or {}).items():
@@ -121,6 +135,10 @@ def _accuracies(metrics: dict, attacks: list[str]) -> tuple[dict, list[str]]:
         if value is None:  # run by the cascade on the examples still robust: no accuracy of its own
             cascade.append(label)
     row["worst_case"] = percent(metrics.get("worst_case_accuracy"))
+    n = metrics.get("n_examples")
+    for metric in list(row):
+        row[f"{metric}_lo"], row[f"{metric}_hi"] = interval(row[metric], n)
+    row["_n"] = n if n else np.nan
     return row, cascade
 
 
@@ -219,6 +237,7 @@ def collect(paths) -> Results:
             if metrics is None:
                 continue
             record = run_record(metrics, read_json_or_none(run_directory / CONFIG), directory, attacks, diagnostics)
+            record.update(class_columns(run_directory, metrics) if record["_finished"] else class_columns(None, {}))
             previous = runs.get(record["run_id"])
             if previous is not None:
                 duplicates.append(record["run_id"])
@@ -238,6 +257,15 @@ def collect(paths) -> Results:
     if not frame.empty:
         _derive(results)
     return results
+
+
+def class_columns(run_directory: Path | None, metrics: dict) -> dict:
+    """``worst_class`` (lowest per-class worst case, %) and the per-class counts behind it, from
+    ``per_example.npz`` (NaN for runs written before labels were stored)."""
+    counts = class_counts(run_directory, metrics) if run_directory is not None else None
+    if not counts:
+        return {"worst_class": np.nan, "_class_counts": None}
+    return {"worst_class": min(100.0 * k / n for k, n in counts.values()), "_class_counts": counts}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,13 +322,15 @@ def _derive(results: Results) -> None:
 def _columns(results: Results, view: str) -> list[str]:
     head = (["suite"] if results.several_suites else []) + ID_COLUMNS + ["attack_mode"]
     if view == "per_seed":
-        metrics = ["clean", *results.attacks, "worst_case"]
-        return (head + ["seed"] + metrics + ["teacher_clean", "teacher_worst_case", "transfer_ratio", "delta_at",
-                                             "train_s", "params", "madds"]
+        metrics = [c for metric in ["clean", *results.attacks, "worst_case"]
+                   for c in (metric, f"{metric}_lo", f"{metric}_hi")]
+        return (head + ["seed"] + metrics + ["worst_class", "teacher_clean", "teacher_worst_case", "transfer_ratio",
+                                             "delta_at", "train_s", "params", "madds"]
                 + list(results.diagnostics) + ["protocol", "flags", "status", "cascade", "run_id"])
     columns = head + ["seeds"]
     for metric in ["clean", *results.attacks, "worst_case"]:
-        columns += [metric, f"{metric}_std"]
+        columns += [metric, f"{metric}_std", f"{metric}_lo", f"{metric}_hi"]
+    columns += ["worst_class", "worst_class_std"]
     columns += ["teacher_clean", "teacher_worst_case", "transfer_ratio", "delta_at", "train_s", "params", "madds"]
     for metric in results.diagnostics:
         columns += [metric, f"{metric}_std"]
@@ -308,7 +338,7 @@ def _columns(results: Results, view: str) -> list[str]:
 
 
 INTERNAL = ["_group", "_student_key", "_teacher_key", "_method_name", "_finished", "_source", "_flags",
-            "_at_worst_case"]
+            "_at_worst_case", "_n", "_class_counts"]
 
 
 def flag_markers(flag_lists: list[list[tuple[str, str]]]) -> str:
@@ -341,7 +371,8 @@ def aggregate_frame(results: Results) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame(columns=columns)
     keys = frame["_group"].where(frame["_finished"], "failed:" + frame["run_id"])
-    metrics = ["clean", *results.attacks, "worst_case", *results.diagnostics]
+    accuracies = ["clean", *results.attacks, "worst_case"]
+    metrics = [*accuracies, "worst_class", *results.diagnostics]
     rows = []
     for _, group in frame.groupby(keys, sort=False):
         first = group.iloc[0]
@@ -353,6 +384,14 @@ def aggregate_frame(results: Results) -> pd.DataFrame:
             values = group[metric].astype(float)
             row[metric] = values.mean()
             row[f"{metric}_std"] = values.std(ddof=1) if values.notna().sum() > 1 else np.nan
+        for metric in accuracies:  # the interval over every example of every seed (pooled counts)
+            measured = group[group[metric].notna() & group["_n"].notna()]
+            n = measured["_n"].astype(float)
+            k = (measured[metric].astype(float) * n / 100.0).round().sum()
+            lo, hi = wilson(int(k), int(n.sum())) if len(measured) == len(group) and n.sum() > 0 else (np.nan, np.nan)
+            row[f"{metric}_lo"], row[f"{metric}_hi"] = 100.0 * lo, 100.0 * hi
+        row["_n"] = group["_n"].astype(float).sum()
+        row["_class_counts"] = pooled_class_counts(group["_class_counts"])
         row["train_s"] = group["train_s"].astype(float).mean()
         row["transfer_ratio"] = group["transfer_ratio"].astype(float).mean()
         row["delta_at"] = row["worst_case"] - first["_at_worst_case"]
@@ -366,6 +405,18 @@ def aggregate_frame(results: Results) -> pd.DataFrame:
     out = _mark_mixed_protocols(pd.DataFrame(rows))
     out = out.sort_values(["student", "teacher", "method"], kind="stable")
     return out.reindex(columns=columns + INTERNAL).reset_index(drop=True)
+
+
+def pooled_class_counts(per_run) -> dict | None:
+    """class -> (correct, n) summed over runs; None when a run has no labels stored."""
+    pooled: dict = {}
+    for counts in per_run:
+        if not counts:
+            return None
+        for label, (k, n) in counts.items():
+            k0, n0 = pooled.get(label, (0, 0))
+            pooled[label] = (k0 + k, n0 + n)
+    return pooled or None
 
 
 def public(frame: pd.DataFrame) -> pd.DataFrame:

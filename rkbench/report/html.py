@@ -1,9 +1,14 @@
-"""A self-contained static HTML page: inline CSS and JS, no network needed to view it.
+"""A self-contained static HTML page: inline CSS and JS, the plots embedded as data URIs; no
+network or other file needed to view it.
 
 Clicking a column header sorts the rows by it (numbers by value, text alphabetically; click
-again to reverse). ``page.html#sort=worst_case`` (or ``#sort=worst_case:desc``) clicks that
-header once the page has loaded: a link that opens the table sorted, and the hook the browser
-test drives. The page records script errors in ``<html data-errors>`` and sets
+again to reverse). Two drop-downs keep the rows of one student and/or one teacher. In every
+accuracy column (and transfer ratio, delta) the best value among the rows shown is highlighted
+(class ``best``); an accuracy's 95 % interval is the cell's hover text. Rows whose difference to
+the baseline is within noise are greyed (class ``noise``).
+``page.html#sort=worst_case`` (or ``#sort=worst_case:desc``) clicks that header once the page has
+loaded, ``#student=mlp&teacher=-`` sets the filters: links that open the table so, and the hooks
+the browser test drives. The page records script errors in ``<html data-errors>`` and sets
 ``<body data-ready="1">`` when its script has run.
 """
 from __future__ import annotations
@@ -14,7 +19,9 @@ import math
 import pandas as pd
 
 from .frame import FLAG_HELP
-from .text import display_cell, display_columns, is_numeric_column, missing
+from .text import display_cell, display_columns, interval_of, is_numeric_column, missing
+
+HIGHER_IS_BETTER_EXTRA = {"worst_class", "transfer_ratio", "delta_at", "delta"}
 
 STYLE = """
 body{font:14px/1.4 -apple-system,BlinkMacSystemFont,"Segoe UI",Helvetica,Arial,sans-serif;margin:2em;color:#1f2328}
@@ -29,6 +36,11 @@ tbody tr:nth-child(even){background:#f6f8fa}
 .flag{color:#9a6700;font-weight:600;cursor:help}
 .failed{color:#cf222e}
 .note{color:#59636e;font-size:.9em}
+td.best{background:#dafbe1;font-weight:700}
+tr.noise td{color:#8c959f}
+.verdict-better{color:#1a7f37;font-weight:600}.verdict-worse{color:#cf222e;font-weight:600}
+.filters label{margin-right:1.5em}
+img.plot{max-width:100%;border:1px solid #d0d7de;margin:.5em 0}
 """
 
 SCRIPT = r"""
@@ -66,9 +78,53 @@ SCRIPT = r"""
     var ascending = current ? current !== "ascending" : th.getAttribute("data-type") !== "num";
     sortBy(table, th, ascending);
   }
+  function highlightBest(table) {
+    Array.prototype.forEach.call(table.querySelectorAll("thead th[data-best]"), function (th) {
+      var index = Array.prototype.indexOf.call(th.parentNode.children, th);
+      var best = null, cells = [];
+      Array.prototype.forEach.call(table.tBodies[0].rows, function (row) {
+        var cell = row.cells[index];
+        cell.classList.remove("best");
+        if (row.style.display === "none") return;
+        var v = value(cell);
+        if (typeof v !== "number") return;
+        cells.push([cell, v]);
+        if (best === null || v > best) best = v;
+      });
+      cells.forEach(function (item) { if (item[1] === best) item[0].classList.add("best"); });
+    });
+  }
+  function applyFilters() {
+    var table = document.getElementById("leaderboard");
+    if (!table) return;
+    var wanted = {};
+    Array.prototype.forEach.call(document.querySelectorAll("select.filter"), function (select) {
+      wanted[select.getAttribute("data-key")] = select.value;
+    });
+    Array.prototype.forEach.call(table.tBodies[0].rows, function (row) {
+      var shown = Object.keys(wanted).every(function (key) {
+        return wanted[key] === "" || row.getAttribute("data-" + key) === wanted[key];
+      });
+      row.style.display = shown ? "" : "none";
+    });
+    highlightBest(table);
+  }
+  Array.prototype.forEach.call(document.querySelectorAll("select.filter"), function (select) {
+    select.addEventListener("change", applyFilters);
+  });
+  var hash = decodeURIComponent(window.location.hash);
+  Array.prototype.forEach.call(document.querySelectorAll("select.filter"), function (select) {
+    var key = select.getAttribute("data-key");
+    var found = new RegExp("(?:^#|&)" + key + "=([^&]*)").exec(hash);
+    if (found) select.value = found[1];
+  });
+  applyFilters();
+  Array.prototype.forEach.call(document.querySelectorAll("table.sortable"), function (table) {
+    if (table.id !== "leaderboard") highlightBest(table);
+  });
   var headers = document.querySelectorAll("table.sortable thead th");
   Array.prototype.forEach.call(headers, function (th) { th.addEventListener("click", onClick); });
-  var match = /(?:^#|&)sort=([^&:]+)(?::(asc|desc))?/.exec(decodeURIComponent(window.location.hash));
+  var match = /(?:^#|&)sort=([^&:]+)(?::(asc|desc))?/.exec(hash);
   if (match) {
     var th = document.querySelector('table.sortable thead th[data-col="' + match[1] + '"]');
     if (th) {
@@ -95,13 +151,50 @@ def _sort_value(frame: pd.DataFrame, row, column: str) -> str:
     return str(value)
 
 
+def higher_is_better(frame: pd.DataFrame, column: str) -> bool:
+    """Accuracy columns (they have an interval) and the ratios and differences where more is better."""
+    return column in HIGHER_IS_BETTER_EXTRA or (f"{column}_lo" in frame.columns and f"{column}_hi" in frame.columns)
+
+
+def _hover(frame: pd.DataFrame, row, column: str) -> str | None:
+    bounds = interval_of(frame, row, column)
+    if bounds is None:
+        return None
+    if column == "delta":
+        return f"95 % interval of the paired difference: {bounds[0]:+.2f} to {bounds[1]:+.2f} points"
+    n = row.get("_n")
+    text = f"95 % Wilson interval: {bounds[0]:.2f} to {bounds[1]:.2f}"
+    if not missing(n):
+        text += f" ({int(n)} examples)"
+    std = row.get(f"{column}_std")
+    return text + (f"; sample std over seeds {float(std):.2f}" if not missing(std) else "")
+
+
+def _filters(frame: pd.DataFrame) -> str:
+    """Drop-downs keeping one student's or one teacher's rows (with more than one to choose from)."""
+    selects = []
+    for key in ("student", "teacher"):
+        if key not in frame.columns:
+            continue
+        values = sorted({str(v) for v in frame[key] if not missing(v)})
+        if len(values) < 2:
+            continue
+        options = '<option value="">all</option>' + "".join(
+            f'<option value="{html.escape(v)}">{html.escape(v)}</option>' for v in values)
+        selects.append(f'<label>{key}: <select class="filter" data-key="{key}" id="filter-{key}">{options}'
+                       f'</select></label>')
+    return f'<p class="filters">{"".join(selects)}</p>' if selects else ""
+
+
 def table_html(frame: pd.DataFrame, table_id: str) -> str:
     if frame.empty:
         return "<p><em>no finished runs</em></p>"
     columns = display_columns(frame)  # run ids are shown as tooltips, not as a column
     numeric = {c: is_numeric_column(frame, c) for c in columns}
+    best = {c: numeric[c] and higher_is_better(frame, c) for c in columns}
     head = "".join(f'<th data-col="{html.escape(str(c))}" data-type="{"num" if numeric[c] else "text"}"'
-                   f' title="click to sort">{html.escape(str(c))}</th>' for c in columns)
+                   + (' data-best="max"' if best[c] else "")
+                   + f' title="click to sort">{html.escape(str(c))}</th>' for c in columns)
     body = []
     for _, row in frame.iterrows():
         cells = []
@@ -110,8 +203,13 @@ def table_html(frame: pd.DataFrame, table_id: str) -> str:
             attrs = f' data-v="{html.escape(_sort_value(frame, row, column))}"'
             if numeric[column]:
                 attrs += ' class="num"'
+            hover = _hover(frame, row, column)
+            if hover:
+                attrs += f' title="{html.escape(hover)}"'
             content = html.escape(text)
-            if column == "flags" and text != "-":
+            if column == "verdict" and text in ("better", "worse", "within noise"):
+                content = f'<span class="verdict-{text.split()[-1]}">{content}</span>'
+            elif column == "flags" and text != "-":
                 details = "; ".join(f"{code}: {detail}" for code, detail in row.get("_flags", []) or [])
                 codes = {token.split("(")[0].lstrip("!") for token in text.split()}
                 tip = details or "; ".join(f"{c}: {FLAG_HELP.get(c, '')}" for c in sorted(codes))
@@ -121,23 +219,35 @@ def table_html(frame: pd.DataFrame, table_id: str) -> str:
             elif column == "method" and "run_id" in frame.columns:
                 content = f'<span title="run {html.escape(str(row["run_id"]))}">{content}</span>'
             cells.append(f"<td{attrs}>{content}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
+        row_attrs = "".join(f' data-{key}="{html.escape(str(row[key]))}"' for key in ("student", "teacher")
+                            if key in frame.columns)
+        if str(row.get("verdict", "")) == "within noise":
+            row_attrs += ' class="noise"'
+        body.append(f"<tr{row_attrs}>" + "".join(cells) + "</tr>")
     return (f'<table class="sortable" id="{table_id}"><thead><tr>{head}</tr></thead>'
             f'<tbody>\n' + "\n".join(body) + "\n</tbody></table>")
 
 
 def to_html(frame: pd.DataFrame, teachers: pd.DataFrame | None = None, title: str = "rkbench leaderboard",
-            notes: list[str] | None = None) -> str:
-    from .text import flag_legend
+            notes: list[str] | None = None, images: list[tuple[str, bytes]] | None = None) -> str:
+    import base64
+
+    from .text import flag_legend, interval_legend
 
     parts = [f"<h1>{html.escape(title)}</h1>",
-             '<p class="note">Accuracies in %; mean ± sample std over seeds; click a column header to sort.</p>',
-             table_html(frame, "leaderboard")]
-    legend = flag_legend(frame).strip()
-    if legend:
-        parts.append(f'<p class="note">{html.escape(legend.replace("`", ""))}</p>')
+             '<p class="note">Accuracies in %; hover over a cell for its 95 % interval; the best value of each '
+             'column among the rows shown is highlighted; click a column header to sort.</p>',
+             _filters(frame), table_html(frame, "leaderboard")]
+    for legend in (interval_legend(frame), flag_legend(frame)):
+        for line in filter(None, (part.strip() for part in legend.split("\n"))):
+            parts.append(f'<p class="note">{html.escape(line.replace("`", ""))}</p>')
     if teachers is not None and not teachers.empty:
         parts += ["<h2>Teachers (accuracy in %)</h2>", table_html(teachers, "teachers")]
+    if images:
+        parts.append("<h2>Plots</h2>")
+        for name, data in images:
+            parts.append(f'<p><img class="plot" alt="{html.escape(name)}" title="{html.escape(name)}" '
+                         f'src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}"></p>')
     for note in notes or []:
         parts.append(f'<p class="note">{html.escape(note)}</p>')
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -8,9 +8,11 @@ import pandas as pd
 
 from ..errors import RkbenchError
 from ..store import holds_results, write_text
+from .classes import per_class_frame
 from .frame import Results, aggregate_frame, collect, per_seed_frame, protocols, public
+from .paired import compare_frame, resolve, with_baseline
 from .paper import DEFAULT_TOLERANCE, against_paper, legend
-from .query import leaderboard
+from .query import apply_sort, leaderboard, parse_sort
 from .text import display_frame, protocol_note, to_csv, to_json, to_markdown, without_uniform_protocol
 
 FORMATS = ("md", "csv", "json", "html", "png")
@@ -36,7 +38,7 @@ def teachers_table(results: Results) -> pd.DataFrame:
 
 
 def render(frame: pd.DataFrame, fmt: str, teachers: pd.DataFrame | None = None, meta: dict | None = None,
-           title: str = "rkbench leaderboard") -> str:
+           title: str = "rkbench leaderboard", images: list | None = None) -> str:
     """The frame as md, csv, json or html text (the teachers' table joins md, json and html). Each
     names the training-attack protocol: a note line (md, html), a column (csv, json, and md and html
     when the rows mix protocols), ``protocols`` in the json document."""
@@ -55,7 +57,7 @@ def render(frame: pd.DataFrame, fmt: str, teachers: pd.DataFrame | None = None, 
         from .html import to_html
 
         notes = ([note] if note else []) + ([f"sources: {', '.join(meta.get('sources', []))}"] if meta else [])
-        return to_html(without_uniform_protocol(frame), teachers, title, notes)
+        return to_html(without_uniform_protocol(frame), teachers, title, notes, images=images)
     raise RkbenchError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
@@ -78,12 +80,17 @@ def paper_report(results: Results, fmt: str, tolerance: float = DEFAULT_TOLERANC
 
 def report(paths, fmt: str = "md", per_seed: bool = False, where=(), sort: str | None = None,
            pivot_by: str | None = None, value: str = "worst_case", out: str | Path | None = None,
-           against_paper: bool = False, tolerance: float = DEFAULT_TOLERANCE):
+           against_paper: bool = False, tolerance: float = DEFAULT_TOLERANCE, baseline: str | None = None,
+           metric: str = "worst_case", alpha: float = 0.05, per_class: bool = False):
     """Build a report; returns (text or None, the frame, Results). ``png`` writes the plots into
     ``out`` (a directory) and returns no text. ``against_paper``: the suites' published numbers
-    beside the measured ones instead of the leaderboard."""
+    beside the measured ones instead of the leaderboard. ``baseline``: paired tests of every row
+    against that method (``paired.with_baseline``) on ``metric``; ``per_class``: the per-class
+    worst-case table."""
     if fmt not in FORMATS:
         raise RkbenchError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if (baseline or per_class) and pivot_by:
+        raise RkbenchError(f"{'--baseline' if baseline else '--per-class'} works on the leaderboard itself; drop --pivot")
     results = collect(paths)
     if against_paper:
         if pivot_by or per_seed or where or sort:
@@ -91,25 +98,63 @@ def report(paths, fmt: str = "md", per_seed: bool = False, where=(), sort: str |
                                "--where and --sort")
         text, frame = paper_report(results, fmt, tolerance)
         return text, frame, results
-    frame = leaderboard(None, per_seed=per_seed, where=where, sort=sort, pivot_by=pivot_by, value=value,
-                        results=results, internal=True)
+    frame = leaderboard(None, per_seed=per_seed, where=where, sort=None if baseline else sort, pivot_by=pivot_by,
+                        value=value, results=results, internal=True)
+    if baseline:
+        frame = with_baseline(frame, results.runs, baseline, metric, alpha)
+        attrs = dict(frame.attrs)
+        frame = apply_sort(frame, parse_sort(sort)).reset_index(drop=True)
+        frame.attrs.update(attrs)
+    if per_class:
+        frame = per_class_frame(frame)
     if fmt == "png":
         from .plots import write_plots
 
-        if pivot_by:
-            raise RkbenchError("--format png plots the leaderboard itself; drop --pivot")
+        if pivot_by or per_class:
+            raise RkbenchError("--format png plots the leaderboard itself; drop --pivot and --per-class")
         if out is None:
             raise RkbenchError("--format png writes image files: give --out DIR")
         plot_frame = frame if not per_seed else leaderboard(None, where=where, results=results, internal=True)
         return None, write_plots(plot_frame, results.attacks, out), results
-    view = "pivot" if pivot_by else ("per_seed" if per_seed else "aggregated")
+    view = "pivot" if pivot_by else ("per_class" if per_class else ("per_seed" if per_seed else "aggregated"))
     meta = {"view": view, "sources": results.sources, "attacks": results.attacks,
             "duplicates": results.duplicates}
     if pivot_by:
         meta["pivot"] = frame.attrs.get("pivot", {})
+    if frame.attrs.get("baseline"):
+        meta["baseline"] = frame.attrs["baseline"]
     title = "rkbench leaderboard" + (f": {', '.join(results.suites)}" if results.suites else "")
-    text = render(frame, fmt, teachers_table(results), meta, title=title)
+    images = None
+    if fmt == "html" and not (pivot_by or per_class):
+        images = embedded_plots(frame if not per_seed else leaderboard(None, where=where, results=results,
+                                                                       internal=True), results)
+    text = render(frame, fmt, None if per_class else teachers_table(results), meta, title=title, images=images)
     return text, frame, results
+
+
+def embedded_plots(frame: pd.DataFrame, results: Results) -> list[tuple[str, bytes]]:
+    """The PNG plots of the page's rows, as (name, bytes), for an HTML page that stands alone."""
+    import tempfile
+
+    from .plots import write_plots
+
+    if frame.empty:
+        return []
+    with tempfile.TemporaryDirectory(prefix="rkbench-plots-") as directory:
+        return [(path.name, path.read_bytes()) for path in write_plots(frame, results.attacks, directory)]
+
+
+def compare_report(items, results_dir=None, metrics=(), fmt: str = "md", alpha: float = 0.05):
+    """``rkbench compare``: every later item against the first (run directories, or student/method
+    labels inside ``results_dir``), paired on their common examples. Returns (text, frame)."""
+    if fmt not in ("md", "csv", "json"):
+        raise RkbenchError(f"compare writes md, csv or json, not {fmt!r}")
+    if len(items) < 2:
+        raise RkbenchError("compare needs at least two runs (the first is the reference)")
+    results = collect(results_dir) if results_dir is not None else None
+    frame = compare_frame([resolve(item, results) for item in items], list(metrics) or None, alpha)
+    meta = {"view": "compare", "baseline": frame.attrs["baseline"]}
+    return render(frame, fmt, meta=meta), frame
 
 
 def write_leaderboard(results_dir: str | Path) -> pd.DataFrame:
@@ -138,8 +183,9 @@ def console_tables(results_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The leaderboard and the teachers as strings (mean ± std), for the terminal."""
     results = collect(results_dir)
     frame = leaderboard(None, results=results, internal=True)
-    diagnostics_std = [f"{c}_std" for c in results.diagnostics]  # the terminal is narrow: means only
-    shown = display_frame(without_uniform_protocol(frame).drop(columns=diagnostics_std)).drop(
+    narrow = [f"{c}_std" for c in results.diagnostics]  # the terminal is narrow: means (± std over seeds) only
+    narrow += [c for c in frame.columns if str(c).endswith(("_lo", "_hi"))]
+    shown = display_frame(without_uniform_protocol(frame).drop(columns=narrow)).drop(
         columns=["params", "madds", "teacher_clean", "teacher_worst_case"], errors="ignore")
     shown.attrs["note"] = protocol_note(frame)
     teachers = teachers_table(results)

@@ -1,11 +1,13 @@
 """Plots of a leaderboard (matplotlib, Agg backend, PNG).
 
 - ``clean_vs_robust.png``: per student, clean accuracy against worst-case robust accuracy, one
-  marker per method (error bars: std over seeds), the Pareto front (no other method is better in
-  both) drawn as a dashed line, the teacher as a star.
+  marker per method (error bars: the 95 % Wilson intervals over the test examples of all seeds;
+  std over seeds where a frame has no interval), the Pareto front (no other method is better in
+  both) drawn as a dashed line, the teacher as a star. With a baseline comparison, a method
+  within noise of the baseline has a hollow marker.
 - ``attacks_by_method.png``: per student, robust accuracy under each attack and the worst case,
-  grouped by method (error bars: std over seeds). An attack the cascade ran on survivors only has
-  no accuracy of its own and no bar.
+  grouped by method (error bars: 95 % intervals as above). An attack the cascade ran on survivors
+  only has no accuracy of its own and no bar.
 """
 from __future__ import annotations
 
@@ -72,9 +74,11 @@ def scatter_clean_vs_robust(frame: pd.DataFrame, path: Path) -> Path:
         for _, row in rows.iterrows():
             x, y = float(row["clean"]), float(row["worst_case"])
             points.append((x, y))
-            ax.errorbar(x, y, xerr=_std(row, "clean"), yerr=_std(row, "worst_case"), fmt=markers[row["_label"]],
+            noise = str(row.get("verdict", "")) == "within noise"
+            ax.errorbar(x, y, xerr=_err(row, "clean"), yerr=_err(row, "worst_case"), fmt=markers[row["_label"]],
                         color=colors[row["_label"]], markersize=8, capsize=3, label=row["_label"],
-                        markeredgecolor="black", markeredgewidth=0.5)
+                        markeredgecolor="black", markeredgewidth=0.5,
+                        markerfacecolor="none" if noise else colors[row["_label"]])
         front = pareto_front(points)
         if len(front) > 1:
             ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="grey", lw=1.2,
@@ -94,7 +98,9 @@ def scatter_clean_vs_robust(frame: pd.DataFrame, path: Path) -> Path:
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             unique.setdefault(label, handle)
-    figure.suptitle("Clean vs worst-case robust accuracy (mean ± std over seeds)")
+    noise = "verdict" in frame.columns and (frame["verdict"].astype(str) == "within noise").any()
+    figure.suptitle("Clean vs worst-case robust accuracy (error bars: 95 % intervals"
+                    + ("; hollow: within noise of the baseline)" if noise else ")"))
     figure.tight_layout()
     if unique:
         figure.legend(unique.values(), unique.keys(), fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5),
@@ -104,9 +110,24 @@ def scatter_clean_vs_robust(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def _std(row, column: str):
-    value = row.get(f"{column}_std")
-    return None if value is None or pd.isna(value) else float(value)
+def _err(row, column: str):
+    """Error bar of one point: its 95 % interval as [[below], [above]], else the std over seeds."""
+    value, lo, hi = row.get(column), row.get(f"{column}_lo"), row.get(f"{column}_hi")
+    if lo is not None and hi is not None and not (pd.isna(lo) or pd.isna(hi) or pd.isna(value)):
+        return [[max(float(value) - float(lo), 0.0)], [max(float(hi) - float(value), 0.0)]]
+    std = row.get(f"{column}_std")
+    return None if std is None or pd.isna(std) else float(std)
+
+
+def _errors(rows: pd.DataFrame, metric: str, values: np.ndarray):
+    """Error bars of a column of bars: 2 x n from the intervals, else the std over seeds, else None."""
+    if f"{metric}_lo" in rows.columns and f"{metric}_hi" in rows.columns:
+        lo = pd.to_numeric(rows[f"{metric}_lo"], errors="coerce").astype(float).to_numpy()
+        hi = pd.to_numeric(rows[f"{metric}_hi"], errors="coerce").astype(float).to_numpy()
+        return np.nan_to_num(np.clip(np.vstack([values - lo, hi - values]), 0, None))
+    if f"{metric}_std" in rows.columns:
+        return pd.to_numeric(rows[f"{metric}_std"], errors="coerce").astype(float).to_numpy()
+    return None
 
 
 def bars_by_attack(frame: pd.DataFrame, attacks: list[str], path: Path) -> Path:
@@ -129,13 +150,12 @@ def bars_by_attack(frame: pd.DataFrame, attacks: list[str], path: Path) -> Path:
         width = 0.8 / max(len(metrics), 1)
         for k, metric in enumerate(metrics):
             values = pd.to_numeric(rows[metric], errors="coerce").astype(float).to_numpy() if len(rows) else []
-            stds = (pd.to_numeric(rows[f"{metric}_std"], errors="coerce").astype(float).to_numpy()
-                    if f"{metric}_std" in rows.columns and len(rows) else None)
+            errors = _errors(rows, metric, values) if len(rows) else None
             shown = ~np.isnan(values) if len(rows) else []
             if not np.any(shown):
                 continue
             ax.bar(x[shown] + (k - (len(metrics) - 1) / 2) * width, values[shown], width,
-                   yerr=None if stds is None else stds[shown], capsize=2, label=metric.replace("_", " "),
+                   yerr=None if errors is None else errors[..., shown], capsize=2, label=metric.replace("_", " "),
                    color=cmap(k % 10), edgecolor="black", linewidth=0.4)
         ax.set_xticks(x)
         ax.set_xticklabels(list(rows["_label"]), rotation=30, ha="right")
@@ -145,7 +165,7 @@ def bars_by_attack(frame: pd.DataFrame, attacks: list[str], path: Path) -> Path:
         ax.set_title(f"student: {student}")
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8, loc="upper center", ncol=len(metrics), frameon=False)
-    figure.suptitle("Robust accuracy per attack and method (mean ± std over seeds)")
+    figure.suptitle("Robust accuracy per attack and method (error bars: 95 % intervals)")
     if cascade_only:
         figure.text(0.5, 0.005, f"no bar: {', '.join(cascade_only)} (run by the cascade on the still-robust "
                     f"examples only: no accuracy of its own; it counts in the worst case)", ha="center", fontsize=8)

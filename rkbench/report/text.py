@@ -11,9 +11,11 @@ from .frame import FLAG_HELP, PROTOCOL_UNKNOWN, SCHEMA_VERSION, protocols, publi
 
 # how numbers are shown (Markdown, HTML, the console); CSV and JSON keep full numbers, rounded
 COUNTS = {"params", "madds"}
-INTEGERS = {"seed", "seeds"}
-DECIMALS = {"transfer_ratio": 3, "grad_cosine": 3, "train_s": 1, "local_linearity": 4}
-SIGNED = {"delta_at", "difference"}
+INTEGERS = {"seed", "seeds", "n"}
+DECIMALS = {"transfer_ratio": 3, "grad_cosine": 3, "train_s": 1, "local_linearity": 4, "worst_class": 1}
+SIGNED = {"delta_at", "delta", "difference"}
+P_VALUES = {"p", "p_holm"}
+FOLDED = ("_std", "_lo", "_hi")  # shown inside their column's cell: mean ±interval (sd std)
 ROUND = {"transfer_ratio": 4, "grad_cosine": 4, "local_linearity": 6}  # CSV/JSON; everything else 2 (and %)
 HIDDEN_IN_TABLES = {"cascade", "seed_list", "run_id"}  # Markdown, console and HTML (run ids as tooltips there)
 
@@ -46,20 +48,48 @@ def format_number(column: str, value) -> str:
     return f"{value:.{DECIMALS.get(column, 2)}f}"
 
 
+def folded(frame: pd.DataFrame, column) -> bool:
+    """``X_std``, ``X_lo``, ``X_hi`` beside a column ``X``: shown inside X's cell."""
+    return any(str(column).endswith(suffix) and str(column)[:-len(suffix)] in frame.columns for suffix in FOLDED)
+
+
 def display_columns(frame: pd.DataFrame, hidden=HIDDEN_IN_TABLES) -> list[str]:
-    """The columns a table shows: ``X_std`` folds into ``X`` (as mean ± std), internals go."""
-    return [c for c in public(frame).columns
-            if c not in hidden and not (str(c).endswith("_std") and str(c)[:-4] in frame.columns)]
+    """The columns a table shows: ``X_std``, ``X_lo``, ``X_hi`` fold into ``X``, internals go."""
+    return [c for c in public(frame).columns if c not in hidden and not folded(frame, c)]
+
+
+def interval_of(frame: pd.DataFrame, row, column: str) -> tuple[float, float] | None:
+    lo, hi = f"{column}_lo", f"{column}_hi"
+    if lo in frame.columns and hi in frame.columns and not missing(row[lo]) and not missing(row[hi]):
+        return float(row[lo]), float(row[hi])
+    return None
+
+
+def format_p(value) -> str:
+    if missing(value):
+        return "-"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
 def display_cell(frame: pd.DataFrame, row, column: str) -> str:
-    """One cell as text: ``mean ± std``, ``cascade`` where the attack ran on survivors only, ``-``."""
+    """One cell as text: ``78.4 ±3.8`` (± half the 95 % interval) with ``(sd 0.5)`` over seeds, a
+    difference as ``+1.3 [-0.4, +3.1]``, ``mean ± std`` where there is no interval, ``cascade``
+    where the attack ran on survivors only, ``-``."""
     value = row[column]
     if missing(value) and "cascade" in frame.columns and column in str(row.get("cascade", "")).split():
         return "cascade"
-    text = format_number(column, value)
+    if column in P_VALUES:
+        return format_p(value)
+    bounds = interval_of(frame, row, column) if not missing(value) else None
     std = f"{column}_std"
-    if std in frame.columns and not missing(row[std]) and not missing(value):
+    has_std = std in frame.columns and not missing(row[std]) and not missing(value)
+    if bounds and column in SIGNED:
+        return f"{value:+.1f} [{bounds[0]:+.1f}, {bounds[1]:+.1f}]"
+    if bounds:
+        text = f"{float(value):.1f} ±{(bounds[1] - bounds[0]) / 2:.1f}"
+        return text + (f" (sd {float(row[std]):.1f})" if has_std else "")
+    text = format_number(column, value)
+    if has_std:
         text += f" ± {format_number(column, row[std]).lstrip('+')}"
     return text
 
@@ -96,8 +126,20 @@ def to_markdown(frame: pd.DataFrame, legend: bool = True) -> str:
         lines.append("| " + " | ".join(_escape(display_cell(frame, row, c)) for c in columns) + " |")
     text = "\n".join(lines) + "\n"
     if legend:
-        text += flag_legend(frame)
+        text += interval_legend(frame) + flag_legend(frame)
     return text
+
+
+def interval_legend(frame: pd.DataFrame) -> str:
+    """What ``±``, ``sd`` and the verdict mean, under a table that shows them."""
+    notes = []
+    if any(folded(frame, c) and str(c).endswith("_lo") and not str(c).startswith("delta") for c in frame.columns):
+        notes.append("`78.4 ±3.8`: accuracy and half the width of its 95 % Wilson interval over the test "
+                     "examples (of all seeds pooled); `(sd 0.5)`: sample std over seeds; exact bounds in "
+                     "the CSV/JSON columns `X_lo`, `X_hi`")
+    if "verdict" in frame.columns:
+        notes += list(frame.attrs.get("legend") or [])
+    return "".join(f"\n{note}.\n" for note in notes)
 
 
 def flag_legend(frame: pd.DataFrame) -> str:
@@ -135,8 +177,10 @@ def rounded(frame: pd.DataFrame) -> pd.DataFrame:
     """Public columns, numbers rounded for CSV/JSON (accuracies in % to 2 decimals)."""
     frame = public(frame).copy()
     for column in frame.columns:
-        if is_numeric_column(frame, column) and column not in INTEGERS | COUNTS:
-            base = str(column)[:-4] if str(column).endswith("_std") else str(column)
+        if column in P_VALUES:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float).round(6)
+        elif is_numeric_column(frame, column) and column not in INTEGERS | COUNTS:
+            base = next((str(column)[:-len(s)] for s in FOLDED if str(column).endswith(s)), str(column))
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float).round(ROUND.get(base, 2))
         elif column in INTEGERS | COUNTS and is_numeric_column(frame, column):
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
