@@ -380,17 +380,3 @@ class SuiteRunner:
         if TEACHER_SOURCES.get(plan.spec.source).trains and not (directory / store.TEACHER).is_file():
             return False
         return self.evaluation_current(store.read_json_or_none(directory / store.METRICS))
-
-    def run(self) -> SuiteOutcome:
-        """Teachers first, then every run, on the suite's executor (local by default; see executors.py)."""
-        from .executors import build_executor
-
-        if self.suite.training.threads:
-            torch.set_num_threads(self.suite.training.threads)
-        self.results_dir.mkdir(parents=True, exist_ok=True)
-        return build_executor(self.suite.executor).run(self)
-
-
-def run_suite(suite: Suite, results_dir: str | Path | None = None, reporter: Reporter | None = None,
-              retry_failed: bool = False) -> SuiteOutcome:
-    return SuiteRunner(suite, results_dir, reporter, retry_failed).run()

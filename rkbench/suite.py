@@ -10,6 +10,7 @@ import copy
 import difflib
 import hashlib
 import json
+import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .attacks import ATTACKS
 from .data import DATASETS
 from .errors import ConfigError, RkbenchError
-from .executors import EXECUTORS, ExecutorConfig
 from .methods import METHODS
 from .models import MODELS, check_model_options
 from .teachers import TEACHER_SOURCES
@@ -191,6 +191,44 @@ class MethodSpec(Strict):
     training: dict = Field(default_factory=dict)  # per-method overrides of the suite's training
 
 
+class ExecutorConfig(BaseModel):
+    """The suite's ``executor:`` section (not part of any run id: where a run executes does not
+    change what it computes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "local"
+    # local
+    workers: int = Field(1, ge=1, description="parallel worker processes (local)")
+    threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker "
+                                           "(default: training.threads, else CPU cores / workers)")
+    # slurm (through submitit)
+    partition: str | None = None
+    timeout_min: int = Field(60, ge=1)
+    gpus_per_job: int = Field(0, ge=0)
+    cpus_per_job: int = Field(2, ge=1)
+    mem_gb: float | None = Field(None, gt=0)
+    array_parallelism: int = Field(32, ge=1)
+    runs_per_job: int = Field(1, ge=1)
+    cluster: Literal["slurm", "local", "debug"] = Field(
+        "slurm", description="submitit backend: slurm, or local/debug to try the same path without a cluster")
+    folder: str | None = Field(None, description="submitit logs and pickles (default: <results>/slurm)")
+    setup: list[str] = Field(default_factory=list, description="shell lines run before each job, "
+                             "e.g. 'source ~/venv/bin/activate'")
+    slurm_additional: dict = Field(default_factory=dict, description="extra #SBATCH options, e.g. {account: x}")
+    wait: bool = Field(True, description="wait for the jobs and rebuild the leaderboard (false: submit and exit)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+    def threads(self, suite_threads: int | None) -> int:
+        if suite_threads:
+            return suite_threads
+        return self.threads_per_worker or max(1, (os.cpu_count() or 1) // self.workers)
+
+
 class Suite(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -347,7 +385,6 @@ def _named(registry, name: str, where: str) -> None:
 def check_suite(suite: Suite, source: str) -> None:
     """Names against registries, option blocks against their ``Params``; normalizes options."""
     _named(DATASETS, suite.dataset.name, f"{source}: dataset.name")
-    _named(EXECUTORS, suite.executor.name, f"{source}: executor.name")
     params = validate_options(DATASETS.get(suite.dataset.name).Params, suite.dataset.options, f"{source}: dataset")
     suite.dataset.options = params.model_dump(mode="json")
 
