@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,17 +38,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from .suite import Suite
 
 
-class Executor:
+class Executor(ABC):
     """Runs a planned suite. ``run(runner)`` returns the suite's outcome."""
 
     def __init__(self, config: ExecutorConfig):
         self.config = config
 
-    def run(self, runner: "SuiteRunner") -> "SuiteOutcome":  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def run(self, runner: "SuiteRunner") -> "SuiteOutcome":
+        """Teachers first, then the pending runs; returns the outcome of every run."""
 
 
-EXECUTORS: Registry[type[Executor]] = Registry("executor")
+EXECUTORS: Registry[type[Executor]] = Registry("executor", base=Executor)
 
 
 def build_executor(config: ExecutorConfig) -> Executor:

@@ -170,7 +170,7 @@ class SuiteRunner:
             if source.trains:
                 self.reporter.message(f"training teacher {plan.spec.name} ({params.model}, {params.method})")
 
-                def train(model, method, method_params, overrides, seed, work_dir):
+                def train(model, method, method_params, seed, work_dir):
                     return self.train_model(model, method, method_params, plan.training, seed, work_dir,
                                             title=f"teacher {plan.spec.name}").model
 

@@ -45,10 +45,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-
-
 def make_optimizer(model: nn.Module, config) -> torch.optim.Optimizer:
     opt = config.optimizer
     if opt.name == "sgd":

@@ -6,6 +6,7 @@ the wrong shape or non-finite pixels raises ``AttackError``, never scores as 0 %
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ class AttackParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Attack:
+class Attack(ABC):
     Params: type[AttackParams] = AttackParams
     defaults: dict[str, Any] = {}  # presets (pgd20, pgd1000, ...) are subclasses that only change these
     cost_per_example = 1  # rough gradient evaluations per example: the cascade runs cheap attacks first
@@ -35,8 +36,9 @@ class Attack:
     def cost(self) -> float:
         return float(self.cost_per_example)
 
-    def run(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def run(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Adversarial examples for the batch, inside ``self.threat``."""
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                  example_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -54,7 +56,7 @@ class Attack:
         return x_adv.detach()
 
 
-ATTACKS: Registry[type[Attack]] = Registry("attack")
+ATTACKS: Registry[type[Attack]] = Registry("attack", base=Attack)
 
 
 def register_preset(name: str, base: type[Attack], description: str, **defaults: Any) -> type[Attack]:

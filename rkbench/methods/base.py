@@ -7,6 +7,7 @@ It never runs its own loop and never knows which dataset it is on.
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -33,7 +34,9 @@ class Batch:
     epochs: int = 1
 
 
-class Method:
+class Method(ABC):
+    """Every hook a method may use; only ``loss`` must be written."""
+
     Params: type[MethodParams] = MethodParams
     uses_teacher: bool = False  # needs a teacher; the trainer fills Batch.teacher_logits (see below)
     uses_teacher_features: bool = False  # ... and Batch.teacher_features
@@ -56,8 +59,9 @@ class Method:
         """Called once before the optimizer is built: a method that adds trainable modules to the
         student (e.g. a feature projection) attaches them here so that they are optimized and saved."""
 
-    def loss(self, student: nn.Module, batch: Batch) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def loss(self, student: nn.Module, batch: Batch) -> torch.Tensor:
+        """The training loss on one batch (the trainer calls backward on it)."""
 
     def end_epoch(self, student: nn.Module, epoch: int, held: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
         """Called after each epoch with the ``holdout`` withheld training examples (or None); return True
@@ -69,7 +73,7 @@ class Method:
         trained student (e.g. a feature projection), so the saved student loads into its bare architecture."""
 
 
-METHODS: Registry[type[Method]] = Registry("method")
+METHODS: Registry[type[Method]] = Registry("method", base=Method)
 
 
 def build_method(name: str, params: dict | None, threat: ThreatModel, seed: int = 0) -> Method:
