@@ -43,6 +43,7 @@ class _Pending:
     method: object
     train_seconds: float | None = None
     error: BaseException | None = None
+    loss_terms: list | None = None  # per epoch, the mean of each named loss term (methods that name them)
 
 
 @dataclass
@@ -283,7 +284,8 @@ class SuiteRunner:
             student.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         method = build_method(run.method.method, run.method.params, self.suite.threat, run.seed)
         return _Pending(run, directory, title, reuse, student, teacher, method,
-                        metrics.get("train_seconds") if metrics else None)
+                        metrics.get("train_seconds") if metrics else None,
+                        loss_terms=metrics.get("loss_terms") if metrics else None)
 
     def _train_group(self, group: list["_Pending"]) -> None:
         if not group:
@@ -309,6 +311,7 @@ class SuiteRunner:
             pending.error = job.error
             if job.error is None:
                 pending.train_seconds = job.result.train_seconds
+                pending.loss_terms = job.result.loss_terms or None
                 store.atomic_write(pending.directory / store.STUDENT,
                                    lambda h, model=pending.student: torch.save(model.state_dict(), h), mode="wb")
 
@@ -319,6 +322,7 @@ class SuiteRunner:
             result = self.evaluate_model(student, directory, pending.title)
             store.write_json(directory / store.METRICS, {
                 **self._base(run), "status": "finished", "error": None, "train_seconds": pending.train_seconds,
+                **({"loss_terms": pending.loss_terms} if pending.loss_terms else {}),
                 "parameters": count_parameters(student), "madds": try_count_madds(student, self.data.input_shape),
                 **self.diagnostics(run, student), **self.accuracy_fields(result)})
             # kept until now: killed while evaluating, the run resumes at its last epoch, not from scratch

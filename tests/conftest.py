@@ -58,3 +58,29 @@ def trained_cnn(digits):
     config = TrainingConfig(epochs=8, batch_size=64, optimizer={"lr": 0.05})
     Trainer(config, torch.device("cpu")).fit(model, build_method("natural", {}, ThreatModel(eps=0.1)), digits)
     return model.eval()
+
+
+def builtin_names(registry) -> list[str]:
+    """The names registered by rkbench itself (not by a test or a plugin), at collection time."""
+    return [entry.name for entry in registry if getattr(entry.obj, "__module__", "").startswith("rkbench.")]
+
+
+class Interrupted(Exception):
+    """Raised by ``interrupt_after``: stands for a killed process."""
+
+
+def interrupt_after(first: int):
+    """An ``on_epoch`` callback that kills the run after epoch ``first`` (its checkpoint is written)."""
+
+    def on_epoch(epoch, epochs, loss):
+        if epoch == first:
+            raise Interrupted
+
+    return on_epoch
+
+
+def scalar(output):
+    """A method's loss as one tensor, whether it returned a scalar or named terms (summed as the trainer does)."""
+    from rkbench.methods import total_loss
+
+    return total_loss(output)[0]

@@ -9,6 +9,8 @@ from rkbench.methods import Batch, build_method
 from rkbench.models import build_model
 from rkbench.threat import ThreatModel
 
+from conftest import scalar
+
 
 def hand_kl(student_logits, teacher_logits, t):
     """Per-sample KL(p_T || p_S) at temperature t, averaged over the batch, by explicit loops."""
@@ -58,7 +60,7 @@ def test_ard_loss_matches_hand_computation(setup, reduction, scale):
     method = build_method("ard", params, threat, seed=3)
     with torch.no_grad():
         teacher_logits = teacher(x)
-    loss = method.loss(student, Batch(x, y, teacher_logits=teacher_logits))
+    loss = scalar(method.loss(student, Batch(x, y, teacher_logits=teacher_logits)))
     # replay the same attack: same generator seed, PGD maximizing CE on the student
     replay = build_method("ard", params, threat, seed=3)
     x_adv = replay.craft(student, x, y)
@@ -95,8 +97,8 @@ def test_gradients_reach_the_student_only(setup):
     before = [p.clone() for p in teacher.parameters()]
     for name in ("kd", "ard"):
         student.zero_grad()
-        loss = build_method(name, {}, ThreatModel(eps=0.1)).loss(
-            student, Batch(x, y, teacher_logits=teacher(x).detach(), teacher=teacher))
+        loss = scalar(build_method(name, {}, ThreatModel(eps=0.1)).loss(
+            student, Batch(x, y, teacher_logits=teacher(x).detach(), teacher=teacher)))
         loss.backward()
         assert all(p.grad is not None for p in student.parameters())
         assert all(p.grad is None for p in teacher.parameters())

@@ -1,15 +1,16 @@
 """The method contract: a loss over a batch. The trainer, the attacker and the evaluator are shared.
 
 A method declares what it needs from the trainer (teacher logits and/or penultimate features on
-the clean batch, computed once per batch under no_grad in eval mode) and returns a scalar loss.
-It never runs its own loop and never knows which dataset it is on.
+the clean batch, computed once per batch under no_grad in eval mode) and returns a scalar loss, or
+named terms (``{"kl": ..., "ce": ...}``) that the trainer sums in their order, logs per epoch and
+stores in the run's metrics. It never runs its own loop and never knows which dataset it is on.
 """
 from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Mapping, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -17,6 +18,24 @@ from torch import nn
 
 from ..registry import Registry
 from ..threat import ThreatModel
+
+
+LossTerms = Mapping[str, torch.Tensor]  # named scalar terms; the loss is their sum, left to right
+LossOutput = Union[torch.Tensor, LossTerms]
+
+
+def total_loss(output: LossOutput) -> tuple[torch.Tensor, LossTerms | None]:
+    """(the scalar to backpropagate, the named terms or None): terms are summed in their order,
+    ``((a + b) + c)``, so a method written as ``a + b + c`` gives the bit-identical loss."""
+    if isinstance(output, torch.Tensor):
+        return output, None
+    terms = list(output.values())
+    if not terms:
+        raise ValueError("a method returned no loss terms")
+    loss = terms[0]
+    for term in terms[1:]:
+        loss = loss + term
+    return loss, output
 
 
 class MethodParams(BaseModel):
@@ -60,8 +79,8 @@ class Method(ABC):
         student (e.g. a feature projection) attaches them here so that they are optimized and saved."""
 
     @abstractmethod
-    def loss(self, student: nn.Module, batch: Batch) -> torch.Tensor:
-        """The training loss on one batch (the trainer calls backward on it)."""
+    def loss(self, student: nn.Module, batch: Batch) -> LossOutput:
+        """The training loss on one batch: a scalar, or named scalar terms (see ``total_loss``)."""
 
     def end_epoch(self, student: nn.Module, epoch: int, held: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
         """Called after each epoch with the ``holdout`` withheld training examples (or None); return True
