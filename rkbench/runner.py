@@ -14,7 +14,7 @@ import torch
 from . import store
 from .attacks import build_attack
 from .data import TensorDataset, load_dataset
-from .evaluate import CLEAN, EvalResult, evaluate, reusable_previous, save_per_example
+from .evaluator import CLEAN, EvalResult, evaluate, reusable_previous, save_per_example
 from .methods import build_method
 from .models import build_model, count_parameters
 from .models.complexity import try_count_madds

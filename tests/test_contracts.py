@@ -17,7 +17,7 @@ import torch
 from rkbench.attacks import ATTACKS, Attack, AttackParams, build_attack, perturbation_norm
 from rkbench.data import DATASETS, DatasetParams, DatasetSource, TensorDataset
 from rkbench.errors import DataUnavailableError
-from rkbench.evaluate import evaluate
+from rkbench.evaluator import evaluate
 from rkbench.methods import METHODS, Batch, Method, MethodParams, build_method
 from rkbench.models import MODELS, build_model, count_parameters
 from rkbench.suite import TrainingConfig

@@ -31,16 +31,6 @@ def hand_ce(logits, y):
     return total / len(y)
 
 
-@pytest.fixture
-def setup():
-    torch.manual_seed(0)
-    student = build_model("mlp", 4, (1, 3, 3), hidden=8).double()
-    teacher = build_model("mlp", 4, (1, 3, 3), hidden=8).double().eval()
-    x = torch.rand(5, 1, 3, 3, dtype=torch.float64)
-    y = torch.tensor([0, 1, 2, 3, 1])
-    return student, teacher, x, y
-
-
 def test_kd_loss_matches_hand_computation(setup):
     student, teacher, x, y = setup
     method = build_method("kd", {"t": 3.0, "alpha": 0.7}, ThreatModel())
