@@ -135,6 +135,32 @@ def test_attack_declares_its_contract(name):
     assert attack.cost > 0 and attack.warnings == [] and attack.warnings is not cls(THREAT).warnings
 
 
+def test_attack_costs_come_from_their_parameters_and_keep_the_presets_order():
+    cost = lambda name, **options: build_attack(name, THREAT, **options).cost  # noqa: E731
+    assert cost("mifgsm", steps=40) == 2 * cost("mifgsm") and cost("deepfool", steps=10) < cost("deepfool")
+    assert cost("pgd", steps=20, restarts=10) == 200 and cost("square", n_queries=1000) < cost("square")
+    assert cost("autoattack", version="fast") < cost("autoattack") < cost("autoattack", version="plus")
+    assert cost("autoattack", version="custom", attacks=["apgd-ce"]) == 100
+    # the suites' protocols run in the same order as before attacks declared their costs
+    presets = ["autoattack", "pgd1000", "pgd20-r10", "pgd20", "square", "deepfool", "mifgsm"]
+    assert sorted(presets, key=cost) == ["pgd20", "mifgsm", "pgd20-r10", "deepfool", "pgd1000", "square",
+                                         "autoattack"]
+
+
+def test_attacks_declare_which_attacks_they_dominate():
+    def attack(name, **options):
+        return build_attack(name, THREAT, **options)
+
+    assert attack("pgd1000").dominates(attack("pgd20")) and not attack("pgd20").dominates(attack("pgd1000"))
+    assert not attack("pgd20").dominates(attack("pgd20")) and not attack("cw20").dominates(attack("pgd20", steps=10))
+    assert attack("autoattack").dominates(attack("pgd20")) and not attack("autoattack").dominates(attack("pgd1000"))
+    assert not attack("autoattack", version="custom", attacks=["square"]).dominates(attack("pgd20"))
+    assert attack("square").black_box and not attack("pgd20").black_box
+    first, second = attack("autoattack"), attack("autoattack")
+    first.warnings.append("a randomized defence")
+    assert second.warnings == []  # per instance
+
+
 @pytest.mark.parametrize("name", builtin_names(ATTACKS))
 def test_attack_at_eps_zero_gives_clean_accuracy(name, attack_data):
     """Nothing breaks, so every sub-attack runs on every example: a small net and 8 examples keep it cheap."""
