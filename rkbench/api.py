@@ -26,7 +26,8 @@ from . import store
 from .attacks import ATTACKS, build_attack
 from .data import DATASETS, TensorDataset, load_dataset
 from .errors import ConfigError, RkbenchError
-from .evaluator import CLEAN, EvalResult, evaluate as run_evaluation, load_per_example, reusable_previous, save_per_example
+from .evaluator import (CLEAN, EvalResult, evaluate as run_evaluation, load_per_example, reusable_previous,
+                        save_per_example)
 from .models import build_model
 from .performance import tune_malloc
 from .suite import AttackSpec, EvaluationConfig, Suite, validate_options

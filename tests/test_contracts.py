@@ -239,3 +239,22 @@ def test_teacher_source_declares_its_contract(name):
     assert issubclass(cls, TeacherSource) and issubclass(cls.Params, TeacherParams)
     assert TEACHER_SOURCES.entry(name).description
     cls()  # an ABC: instantiable only when build is written
+
+
+def test_a_registry_accepts_only_its_base_class_and_bases_declare_their_hooks(registry_snapshot):
+    class NotAMethod:
+        def loss(self, student, batch):
+            return 0
+
+    with pytest.raises(TypeError, match="'NotAMethod' is not a subclass of rkbench.methods.base.Method"):
+        METHODS.register("not_a_method")(NotAMethod)
+    with pytest.raises(TypeError, match="is not callable"):
+        MODELS.add("not_a_factory", 3)
+
+    class NoLoss(Method):
+        pass
+
+    with pytest.raises(TypeError, match="abstract method.* loss"):
+        NoLoss(MethodParams(), THREAT)
+    for base in (Method, Attack, DatasetSource, TeacherSource):
+        assert base.__abstractmethods__, base

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from rkbench.errors import ConfigError
 from rkbench.models import MODELS, build_model, count_parameters
