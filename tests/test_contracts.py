@@ -199,17 +199,17 @@ RECORDED_PARAMETERS = {"cnn_small": 63_082, "cnn_tiny": 5_514, "mlp": 411_146, "
 def test_model_builds_gives_features_and_logits_and_a_stable_size(name):
     torch.manual_seed(0)
     model = build_model(name, 10, (3, 32, 32)).eval()
-    torch.manual_seed(0)
-    again = build_model(name, 10, (3, 32, 32))
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         logits, features = model.forward_with_features(x)
         assert logits.shape == (2, 10) and features.dim() == 2 and features.shape[0] == 2
         assert torch.allclose(model(x), logits) and torch.allclose(model.features(x), features)
         assert torch.allclose(model.head(features), logits, atol=1e-5)
-    assert count_parameters(model) == count_parameters(again)
-    if RECORDED_PARAMETERS.get(name) is not None:
+    if name in RECORDED_PARAMETERS:
         assert count_parameters(model) == RECORDED_PARAMETERS[name]
+    else:  # a new model: at least the same count on a second build
+        torch.manual_seed(0)
+        assert count_parameters(model) == count_parameters(build_model(name, 10, (3, 32, 32)))
 
 
 # ----------------------------------------------------------------------------------------------
