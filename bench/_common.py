@@ -28,7 +28,7 @@ from torch import nn
 
 from rkbench.data import TensorDataset, load_dataset
 from rkbench.data.augment import augment
-from rkbench.methods import Batch
+from rkbench.methods import Batch, total_loss
 from rkbench.models import build_model
 from rkbench.performance import Performance
 from rkbench.suite import TrainingConfig
@@ -281,7 +281,7 @@ def trainer_step(student, method, teacher, optimizer, base_lrs, config, x_clean,
             for group, base_lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base_lr * factor
             with performance.autocast():
-                loss = method.loss(student, batch)
+                loss, _ = total_loss(method.loss(student, batch))
             finite = finite and bool(torch.isfinite(loss))  # the trainer raises here; the bench goes on
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

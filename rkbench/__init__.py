@@ -11,9 +11,6 @@ The Python API for scripts and notebooks (imported lazily, so ``rkbench report``
 """
 from __future__ import annotations
 
-import sys
-import types
-
 __version__ = "0.1.0"
 
 _API = {
@@ -35,16 +32,3 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'rkbench' has no attribute {name!r}")
 
-
-class _Package(types.ModuleType):
-    """``rkbench.evaluate`` is the API function although the evaluator module ``rkbench/evaluate.py``
-    has the same name: importing that submodule must not replace the function on the package (it
-    stays importable as ``from rkbench.evaluate import ...``)."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _API and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -26,10 +26,11 @@ from . import store
 from .attacks import ATTACKS, build_attack
 from .data import DATASETS, TensorDataset, load_dataset
 from .errors import ConfigError, RkbenchError
-from .evaluate import CLEAN, EvalResult, evaluate as run_evaluation, load_per_example, reusable_previous, save_per_example
+from .evaluator import (CLEAN, EvalResult, evaluate as run_evaluation, load_per_example, reusable_previous,
+                        save_per_example)
 from .models import build_model
 from .performance import tune_malloc
-from .suite import AttackSpec, EvaluationConfig, validate_options
+from .suite import AttackSpec, EvaluationConfig, Suite, validate_options
 from .teachers import TEACHER_SOURCES, TeacherContext
 from .threat import ThreatModel
 from .train import resolve_device
@@ -177,11 +178,33 @@ def _check_attack(spec: AttackSpec) -> None:
         raise ConfigError(f"--attacks: {exc}") from None
 
 
-def run_suite(suite, results_dir: str | Path | None = None, overrides=(), plugins=(), **options):
-    """Run a suite (a ``Suite``, a suite file or a dict) and return its ``SuiteOutcome``; ``options``
-    go to ``rkbench.runner.run_suite`` (reporter, retry_failed, ...). Plugin files are imported first."""
+def check_executor(suite: Suite, source: str = "suite"):
+    """The executor the suite names (``executor.name``), or one did-you-mean line."""
+    from .executors import build_executor
+
+    try:
+        return build_executor(suite.executor)
+    except RkbenchError as exc:
+        raise ConfigError(f"{source}: executor.name: {exc}") from None
+
+
+def run_planned(runner):
+    """Teachers first, then every run of a planned ``SuiteRunner``, on the suite's executor (local by
+    default; see executors.py). The runner never imports the executors: this is where they meet."""
+    executor = check_executor(runner.suite)
+    if runner.suite.training.threads:
+        torch.set_num_threads(runner.suite.training.threads)
+    runner.results_dir.mkdir(parents=True, exist_ok=True)
+    store.write_references(runner.results_dir, runner.suite.name, runner.suite.references)  # for reports
+    return executor.run(runner)
+
+
+def run_suite(suite, results_dir: str | Path | None = None, overrides=(), plugins=(), reporter=None,
+              retry_failed: bool = False):
+    """Run a suite (a ``Suite``, a suite file or a dict) and return its ``SuiteOutcome`` (``reporter``:
+    a ``rkbench.runner.Reporter``; ``retry_failed``: rerun failed runs). Plugin files are imported first."""
     from .plugins import load_plugins
-    from .runner import run_suite as run
+    from .runner import SuiteRunner
     from .suite import Suite, apply_overrides, load_suite, suite_from_dict
 
     load_plugins(plugins)
@@ -191,4 +214,4 @@ def run_suite(suite, results_dir: str | Path | None = None, overrides=(), plugin
         suite = load_suite(suite, list(overrides))
     elif overrides:
         raise ConfigError("run_suite: overrides apply to a suite file or dict, not to a loaded Suite")
-    return run(suite, results_dir, **options)
+    return run_planned(SuiteRunner(suite, results_dir, reporter, retry_failed))

@@ -70,6 +70,7 @@ def main():
 def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, executor, workers, partition, gpus_per_job,
         timeout_min, share_teacher):
     """Train, attack and rank every run of SUITE_FILE."""
+    from .api import check_executor, run_planned
     from .cli_display import RichReporter, console, print_leaderboard, print_plan
     from .runner import SuiteRunner
     from .suite import load_suite
@@ -80,6 +81,7 @@ def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, execut
     if share_teacher:
         overrides.append("training.share_teacher=true")
     suite = load_suite(suite_file, overrides)
+    check_executor(suite, str(suite_file))
     runner = SuiteRunner(suite, results_dir, retry_failed=retry_failed)
     if dry_run:
         print_plan(suite, runner.teacher_plans, runner.runs, runner.results_dir)
@@ -88,7 +90,7 @@ def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, execut
                   f"results in {runner.results_dir}")
     with RichReporter(enabled=not quiet) as reporter:
         runner.reporter = reporter
-        outcome = runner.run()
+        outcome = run_planned(runner)
     if outcome.outcomes and all(o.status == "submitted" for o in outcome.outcomes):
         return  # submitted and not waited for (executor.wait=false): no results to show yet
     print_leaderboard(runner.results_dir)
@@ -106,10 +108,12 @@ def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, execut
 def validate(suite_file, overrides):
     """Check SUITE_FILE and print its run matrix and what its number of test examples can resolve;
     runs nothing."""
+    from .api import check_executor
     from .cli_display import print_plan, print_planning
     from .suite import expand, load_suite
 
     suite = load_suite(suite_file, overrides)
+    check_executor(suite, str(suite_file))
     teachers, runs = expand(suite)
     print_plan(suite, teachers, runs, None)
     print_planning(suite)

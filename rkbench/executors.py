@@ -22,78 +22,38 @@ Options live in the suite's ``executor:`` section (or on the command line: ``--e
       array_parallelism: 16   # at most this many array tasks at once
       runs_per_job: 1         # several short runs may share one job
 
-This module imports neither torch nor the runner at import time (``suite.py`` imports it).
+The runner never imports this module (``api.run_planned`` hands a planned ``SuiteRunner`` to an executor), and
+its configuration, ``ExecutorConfig``, lives in ``suite.py``: no import cycle.
 """
 from __future__ import annotations
 
 import os
 import shutil
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import TYPE_CHECKING
 
 from .errors import RkbenchError
 from .registry import Registry
+from .suite import ExecutorConfig  # noqa: F401  (the suite's executor section; re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runner import RunOutcome, SuiteOutcome, SuiteRunner
     from .suite import Suite
 
 
-class ExecutorConfig(BaseModel):
-    """The suite's ``executor:`` section (not part of any run id: where a run executes does not
-    change what it computes)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = "local"
-    # local
-    workers: int | None = Field(None, ge=1, description="parallel worker processes (local; default: one "
-                                "per visible GPU when CUDA is present, else 1)")
-    threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker "
-                                           "(default: training.threads, else CPU cores / workers)")
-    # slurm (through submitit)
-    partition: str | None = None
-    timeout_min: int = Field(60, ge=1)
-    gpus_per_job: int = Field(0, ge=0)
-    cpus_per_job: int = Field(2, ge=1)
-    mem_gb: float | None = Field(None, gt=0)
-    array_parallelism: int = Field(32, ge=1)
-    runs_per_job: int = Field(1, ge=1)
-    cluster: Literal["slurm", "local", "debug"] = Field(
-        "slurm", description="submitit backend: slurm, or local/debug to try the same path without a cluster")
-    folder: str | None = Field(None, description="submitit logs and pickles (default: <results>/slurm)")
-    setup: list[str] = Field(default_factory=list, description="shell lines run before each job, "
-                             "e.g. 'source ~/venv/bin/activate'")
-    slurm_additional: dict = Field(default_factory=dict, description="extra #SBATCH options, e.g. {account: x}")
-    wait: bool = Field(True, description="wait for the jobs and rebuild the leaderboard (false: submit and exit)")
-    max_requeues: int = Field(10, ge=0, description="times a job may requeue itself after its time limit")
-    signal_delay_s: int = Field(90, ge=1, description="Slurm warns a job this many seconds before its time "
-                                "limit; the job then checkpoints and requeues")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_name(cls, value):
-        return {"name": value} if isinstance(value, str) else value
-
-    def threads(self, suite_threads: int | None, workers: int | None = None) -> int:
-        if suite_threads:
-            return suite_threads
-        return self.threads_per_worker or max(1, (os.cpu_count() or 1) // (workers or self.workers or 1))
-
-
-class Executor:
+class Executor(ABC):
     """Runs a planned suite. ``run(runner)`` returns the suite's outcome."""
 
     def __init__(self, config: ExecutorConfig):
         self.config = config
 
-    def run(self, runner: "SuiteRunner") -> "SuiteOutcome":  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def run(self, runner: "SuiteRunner") -> "SuiteOutcome":
+        """Teachers first, then the pending runs; returns the outcome of every run."""
 
 
-EXECUTORS: Registry[type[Executor]] = Registry("executor")
+EXECUTORS: Registry[type[Executor]] = Registry("executor", base=Executor)
 
 
 def build_executor(config: ExecutorConfig) -> Executor:

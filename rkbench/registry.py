@@ -28,8 +28,12 @@ class Entry(Generic[T]):
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, entry_point_group: str | None = None):
+    """``base``: the class every registered class must subclass (``Method`` for methods); a registry
+    of factories (models) passes ``base=None`` and gets any callable."""
+
+    def __init__(self, kind: str, entry_point_group: str | None = None, base: type | None = None):
         self.kind = kind
+        self.base = base
         self._entries: dict[str, Entry[T]] = {}
         self.entry_point_group = entry_point_group or ENTRY_POINT_GROUPS.get(kind)
         self._plugins_loaded = False
@@ -56,6 +60,11 @@ class Registry(Generic[T]):
         return decorator
 
     def add(self, name: str, obj: T, *, description: str = "", source: str = "", **extra: Any) -> None:
+        if self.base is not None and not (isinstance(obj, type) and issubclass(obj, self.base)):
+            raise TypeError(f"{self.kind} {name!r}: {getattr(obj, '__name__', obj)!r} is not a subclass of "
+                            f"{self.base.__module__}.{self.base.__qualname__}")
+        if self.base is None and not callable(obj):
+            raise TypeError(f"{self.kind} {name!r}: {obj!r} is not callable")
         if name in self._entries and self._entries[name].obj is not obj:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         if not description:

@@ -14,7 +14,7 @@ import torch
 from . import store
 from .attacks import build_attack
 from .data import TensorDataset, load_dataset
-from .evaluate import CLEAN, EvalResult, evaluate, reusable_previous, save_per_example
+from .evaluator import CLEAN, EvalResult, evaluate, reusable_previous, save_per_example
 from .methods import build_method
 from .models import build_model, count_parameters
 from .models.complexity import try_count_madds
@@ -43,6 +43,7 @@ class _Pending:
     method: object
     train_seconds: float | None = None
     error: BaseException | None = None
+    loss_terms: list | None = None  # per epoch, the mean of each named loss term (methods that name them)
 
 
 @dataclass
@@ -189,7 +190,7 @@ class SuiteRunner:
             if source.trains:
                 self.reporter.message(f"training teacher {plan.spec.name} ({params.model}, {params.method})")
 
-                def train(model, method, method_params, overrides, seed, work_dir):
+                def train(model, method, method_params, seed, work_dir):
                     return self.train_model(model, method, method_params, plan.training, seed, work_dir,
                                             title=f"teacher {plan.spec.name}").model
 
@@ -344,7 +345,8 @@ class SuiteRunner:
         method = build_method(run.method.method, run.method.params, self.suite.threat, run.seed,
                               run.protocol.attack_mode)
         return _Pending(run, directory, title, reuse, student, teacher, method,
-                        metrics.get("train_seconds") if metrics else None)
+                        metrics.get("train_seconds") if metrics else None,
+                        loss_terms=metrics.get("loss_terms") if metrics else None)
 
     def _train_group(self, group: list["_Pending"]) -> None:
         if not group:
@@ -370,6 +372,7 @@ class SuiteRunner:
             pending.error = job.error
             if job.error is None:
                 pending.train_seconds = job.result.train_seconds
+                pending.loss_terms = job.result.loss_terms or None
                 store.atomic_write(pending.directory / store.STUDENT,
                                    lambda h, model=pending.student: torch.save(model.state_dict(), h), mode="wb")
 
@@ -380,6 +383,7 @@ class SuiteRunner:
             result = self.evaluate_model(student, directory, pending.title)
             store.write_json(directory / store.METRICS, {
                 **self._base(run), "status": "finished", "error": None, "train_seconds": pending.train_seconds,
+                **({"loss_terms": pending.loss_terms} if pending.loss_terms else {}),
                 "parameters": count_parameters(student), "madds": try_count_madds(student, self.data.input_shape),
                 **self.diagnostics(run, student), **self.accuracy_fields(result)})
             # kept until now: killed while evaluating, the run resumes at its last epoch, not from scratch
@@ -441,18 +445,3 @@ class SuiteRunner:
         if TEACHER_SOURCES.get(plan.spec.source).trains and not (directory / store.TEACHER).is_file():
             return False
         return self.evaluation_current(store.read_json_or_none(directory / store.METRICS))
-
-    def run(self) -> SuiteOutcome:
-        """Teachers first, then every run, on the suite's executor (local by default; see executors.py)."""
-        from .executors import build_executor
-
-        if self.suite.training.threads:
-            torch.set_num_threads(self.suite.training.threads)
-        self.results_dir.mkdir(parents=True, exist_ok=True)
-        store.write_references(self.results_dir, self.suite.name, self.suite.references)  # for reports
-        return build_executor(self.suite.executor).run(self)
-
-
-def run_suite(suite: Suite, results_dir: str | Path | None = None, reporter: Reporter | None = None,
-              retry_failed: bool = False) -> SuiteOutcome:
-    return SuiteRunner(suite, results_dir, reporter, retry_failed).run()

@@ -10,6 +10,7 @@ import copy
 import difflib
 import hashlib
 import json
+import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .attacks import ATTACKS
 from .data import DATASETS
 from .errors import ConfigError, RkbenchError
-from .executors import EXECUTORS, ExecutorConfig
 from .methods import METHODS
 from .store import Reference
 from .methods.base import resolve_attack_mode
@@ -223,6 +223,49 @@ class MethodSpec(Strict):
     training: dict = Field(default_factory=dict)  # per-method overrides of the suite's training
 
 
+class ExecutorConfig(BaseModel):
+    """The suite's ``executor:`` section (not part of any run id: where a run executes does not
+    change what it computes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "local"
+    # local
+    workers: int | None = Field(None, ge=1, description="parallel worker processes (local; default: one "
+                                "per visible GPU when CUDA is present, else 1)")
+    threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker "
+                                           "(default: training.threads, else CPU cores / workers)")
+    # slurm (through submitit)
+    partition: str | None = None
+    timeout_min: int = Field(60, ge=1)
+    gpus_per_job: int = Field(0, ge=0)
+    cpus_per_job: int = Field(2, ge=1)
+    mem_gb: float | None = Field(None, gt=0)
+    array_parallelism: int = Field(32, ge=1)
+    runs_per_job: int = Field(1, ge=1)
+    cluster: Literal["slurm", "local", "debug"] = Field(
+        "slurm", description="submitit backend: slurm, or local/debug to try the same path without a cluster")
+    folder: str | None = Field(None, description="submitit logs and pickles (default: <results>/slurm)")
+    setup: list[str] = Field(default_factory=list, description="shell lines run before each job, "
+                             "e.g. 'source ~/venv/bin/activate'")
+    slurm_additional: dict = Field(default_factory=dict, description="extra #SBATCH options, e.g. {account: x}")
+    wait: bool = Field(True, description="wait for the jobs and rebuild the leaderboard (false: submit and exit)")
+    max_requeues: int = Field(10, ge=0, description="times a job may requeue itself after its time limit")
+    signal_delay_s: int = Field(90, ge=1, description="Slurm warns a job this many seconds before its time "
+                                "limit; the job then checkpoints and requeues")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+    def threads(self, suite_threads: int | None, workers: int | None = None) -> int:
+        if suite_threads:
+            return suite_threads
+        return self.threads_per_worker or max(1, (os.cpu_count() or 1) // (workers or self.workers or 1))
+
+
+
 class Suite(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -388,7 +431,6 @@ def _named(registry, name: str, where: str) -> None:
 def check_suite(suite: Suite, source: str) -> None:
     """Names against registries, option blocks against their ``Params``; normalizes options."""
     _named(DATASETS, suite.dataset.name, f"{source}: dataset.name")
-    _named(EXECUTORS, suite.executor.name, f"{source}: executor.name")
     params = validate_options(DATASETS.get(suite.dataset.name).Params, suite.dataset.options, f"{source}: dataset")
     suite.dataset.options = params.model_dump(mode="json")
 

@@ -22,7 +22,7 @@ from torch import nn
 from .data import TensorDataset
 from .data.augment import augment
 from .errors import RkbenchError
-from .methods import Batch, Method
+from .methods import Batch, Method, total_loss
 from .performance import Performance
 from .store import CHECKPOINT, atomic_write
 
@@ -48,6 +48,7 @@ class TrainResult:
     epochs: int
     steps: int
     losses: list[float] = field(default_factory=list)  # mean loss per epoch
+    loss_terms: list[dict[str, float]] = field(default_factory=list)  # mean of each named term per epoch
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,10 +57,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RkbenchError("training.device is 'cuda' but torch sees no CUDA device")
     return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
 
 
 def make_optimizer(model: nn.Module, config) -> torch.optim.Optimizer:
@@ -115,6 +112,8 @@ class _JobState:
         self.checkpoint = Path(job.work_dir) / CHECKPOINT if job.work_dir else None
         self.epochs = epochs
         self.loss_sum, self.loss_count = 0.0, 0
+        self.loss_terms: list[dict[str, float]] = []  # per epoch: the mean of each named loss term
+        self.term_sums: dict[str, float] = {}
 
     def resume(self, device, data_generator: torch.Generator) -> None:
         """Continue from the checkpoint, if any. It is read with ``weights_only=True`` (tensors,
@@ -152,6 +151,7 @@ class _JobState:
         if not 0 <= start_epoch <= self.epochs or len(losses) != start_epoch:
             raise ValueError(f"epoch {start_epoch} with {len(losses)} losses does not fit a run of {self.epochs}")
         self.start_epoch, self.losses, self.train_seconds = start_epoch, losses, train_seconds
+        self.loss_terms = list(state.get("loss_terms", []))
         if state.get("stopped"):  # stopped early by the method: nothing left to train
             self.start_epoch = self.epochs
 
@@ -176,7 +176,7 @@ class _JobState:
             torch.cuda.set_rng_state(fresh["cuda_rng"], device)
         if fresh["method_state"] is not None and hasattr(job.method, "load_state"):
             job.method.load_state(fresh["method_state"])
-        self.start_epoch, self.losses, self.train_seconds = 0, [], 0.0
+        self.start_epoch, self.losses, self.train_seconds, self.loss_terms = 0, [], 0.0, []
 
     def save(self, epoch: int, device, data_generator: torch.Generator) -> None:
         if not self.checkpoint:
@@ -187,7 +187,8 @@ class _JobState:
                  "torch_rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                  "method_state": job.method.state() if hasattr(job.method, "state") else None,
-                 "losses": self.losses, "train_seconds": self.train_seconds, "stopped": self.stopped}
+                 "losses": self.losses, "loss_terms": self.loss_terms, "train_seconds": self.train_seconds,
+                 "stopped": self.stopped}
         atomic_write(self.checkpoint, lambda h: torch.save(state, h), mode="wb")
 
 
@@ -285,6 +286,7 @@ class Trainer:
             for state in active:
                 state.job.student.train()
                 state.loss_sum, state.loss_count, state.epoch_seconds = 0.0, 0, 0.0
+                state.term_sums = {}
             order = torch.randperm(n_train, generator=data_generator).to(x_train.device)
             for start in range(0, n_train, config.batch_size):
                 shared_started = time.perf_counter()
@@ -312,8 +314,12 @@ class Trainer:
                     continue
                 job = state.job
                 state.losses.append(state.loss_sum / max(state.loss_count, 1))
+                terms = {name: total / max(state.loss_count, 1) for name, total in state.term_sums.items()}
+                if terms:
+                    state.loss_terms.append(terms)
                 state.train_seconds += state.epoch_seconds
-                state.log(f"epoch {epoch + 1}/{epochs} loss {state.losses[-1]:.4f} ({state.epoch_seconds:.1f}s"
+                named = " [" + ", ".join(f"{name} {value:.4f}" for name, value in terms.items()) + "]" if terms else ""
+                state.log(f"epoch {epoch + 1}/{epochs} loss {state.losses[-1]:.4f}{named} ({state.epoch_seconds:.1f}s"
                           + (f", in lock-step with {len(active) - 1} other(s)" if len(active) > 1 else "") + ")")
                 state.stopped = bool(job.method.end_epoch(job.student, epoch, held))
                 if state.stopped:
@@ -327,7 +333,7 @@ class Trainer:
             if job.error is None:
                 job.method.finish(job.student)
                 job.student.eval()
-                job.result = TrainResult(job.student, state.train_seconds, epochs, step, state.losses)
+                job.result = TrainResult(job.student, state.train_seconds, epochs, step, state.losses, state.loss_terms)
         return jobs
 
     def _replays(self, state: _JobState, batch: Batch, step: int, steps_per_epoch: int, epochs: int,
@@ -338,7 +344,7 @@ class Trainer:
             for group, base_lr in zip(optimizer.param_groups, state.base_lrs):
                 group["lr"] = base_lr * factor
             with performance.autocast():  # attack, forward and loss; the backward runs outside
-                loss = job.method.loss(state.runnable, batch)
+                loss, terms = total_loss(job.method.loss(state.runnable, batch))
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"loss became {loss.item()} at epoch {batch.epoch + 1}, step {step + replay}")
             optimizer.zero_grad(set_to_none=True)
@@ -346,6 +352,8 @@ class Trainer:
             optimizer.step()
             state.loss_sum += loss.item()
             state.loss_count += 1
+            for name, term in (terms or {}).items():
+                state.term_sums[name] = state.term_sums.get(name, 0.0) + term.item()
 
 
 def teacher_outputs(teacher: nn.Module, batch: Batch, with_features: bool, performance: Performance) -> None:

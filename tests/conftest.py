@@ -1,3 +1,4 @@
+import contextlib
 import os
 from pathlib import Path
 
@@ -37,6 +38,56 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def registries_restored():
+    """Put every registry, the loaded plugin files and RKBENCH_PLUGINS back as they were afterwards
+    (plugins and tests register into the process-wide registries)."""
+    from rkbench import plugins
+    from rkbench.attacks import ATTACKS
+    from rkbench.data import DATASETS
+    from rkbench.methods import METHODS
+    from rkbench.models import MODELS
+    from rkbench.teachers import TEACHER_SOURCES
+
+    registries = [METHODS, ATTACKS, MODELS, DATASETS, TEACHER_SOURCES]
+    saved = [(dict(r._entries), r._plugins_loaded) for r in registries]
+    loaded, env = dict(plugins._loaded), os.environ.get(plugins.ENV)
+    try:
+        yield
+    finally:
+        for registry, (entries, plugins_loaded) in zip(registries, saved):
+            registry._entries.clear()
+            registry._entries.update(entries)
+            registry._plugins_loaded = plugins_loaded
+        plugins._loaded.clear()
+        plugins._loaded.update(loaded)
+        if env is None:
+            os.environ.pop(plugins.ENV, None)
+        else:
+            os.environ[plugins.ENV] = env
+
+
+@pytest.fixture()
+def registry_snapshot():
+    """The registries as they were before the test (see ``registries_restored``)."""
+    with registries_restored():
+        yield
+
+
+@pytest.fixture
+def setup():
+    """A tiny float64 student, a frozen teacher of the same shape, 5 inputs of 1x3x3, 4 classes: the
+    loss tests recompute by hand on these."""
+    from rkbench.models import build_model
+
+    torch.manual_seed(0)
+    student = build_model("mlp", 4, (1, 3, 3), hidden=8).double()
+    teacher = build_model("mlp", 4, (1, 3, 3), hidden=8).double().eval().requires_grad_(False)
+    x = torch.rand(5, 1, 3, 3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 1])
+    return student, teacher, x, y
+
+
 @pytest.fixture(scope="session")
 def digits():
     from rkbench.data import load_dataset
@@ -58,3 +109,52 @@ def trained_cnn(digits):
     config = TrainingConfig(epochs=8, batch_size=64, optimizer={"lr": 0.05})
     Trainer(config, torch.device("cpu")).fit(model, build_method("natural", {}, ThreatModel(eps=0.1)), digits)
     return model.eval()
+
+
+def builtin_names(registry) -> list[str]:
+    """The names registered by rkbench itself (not by a test or a plugin), at collection time."""
+    return [entry.name for entry in registry if getattr(entry.obj, "__module__", "").startswith("rkbench.")]
+
+
+class Interrupted(Exception):
+    """Raised by ``interrupt_after``: stands for a killed process."""
+
+
+def interrupt_after(first: int):
+    """An ``on_epoch`` callback that kills the run after epoch ``first`` (its checkpoint is written)."""
+
+    def on_epoch(epoch, epochs, loss):
+        if epoch == first:
+            raise Interrupted
+
+    return on_epoch
+
+
+def scalar(output):
+    """A method's loss as one tensor, whether it returned a scalar or named terms (summed as the trainer does)."""
+    from rkbench.methods import total_loss
+
+    return total_loss(output)[0]
+
+
+def tiny_digits_training(epochs: int = 1, **training) -> tuple[float, str]:
+    """cnn_tiny trained naturally on 256 digits (training options as keywords): (last epoch's mean
+    loss, sha256 of the weights). Usable in a subprocess: it needs no fixture."""
+    import hashlib
+
+    from rkbench.data import TensorDataset, load_dataset
+    from rkbench.methods import build_method
+    from rkbench.models import build_model
+    from rkbench.suite import TrainingConfig
+    from rkbench.threat import ThreatModel
+    from rkbench.train import Trainer
+
+    torch.set_num_threads(1)
+    data = load_dataset("digits")
+    data = TensorDataset("digits", data.x_train[:256], data.y_train[:256], data.x_test[:8], data.y_test[:8], 10)
+    torch.manual_seed(0)
+    model = build_model("cnn_tiny", 10, (1, 8, 8))
+    config = TrainingConfig(epochs=epochs, batch_size=64, optimizer={"lr": 0.05}, **training)
+    result = Trainer(config, torch.device("cpu")).fit(model, build_method("natural", {}, ThreatModel(eps=0.1)), data)
+    digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in model.state_dict().values())).hexdigest()
+    return result.losses[-1], digest

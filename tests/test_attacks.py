@@ -2,7 +2,7 @@ import pytest
 
 from rkbench.attacks import Attack, build_attack, perturbation_norm
 from rkbench.errors import AttackError
-from rkbench.evaluate import attack_correct, evaluate, predict
+from rkbench.evaluator import attack_correct, evaluate, predict
 from rkbench.threat import ThreatModel
 
 

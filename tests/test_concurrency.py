@@ -16,7 +16,7 @@ import yaml
 
 from rkbench import store
 from rkbench.executors import ExecutorConfig, LocalExecutor, worker_pool
-from rkbench.runner import run_suite
+from rkbench.api import run_suite
 from rkbench.suite import suite_from_dict
 
 from conftest import tiny_suite_dict

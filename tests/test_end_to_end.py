@@ -74,6 +74,19 @@ def test_run_directories_hold_config_metrics_checkpoint_log(finished):
     assert config["identity"]["protocol"] == {"attack_mode": "eval"}
 
 
+def test_named_loss_terms_reach_metrics_and_the_log(finished):
+    """ard names its terms (kl; ce only when alpha < 1): one mapping per epoch in metrics.json, and in
+    each epoch's log line; methods that return one scalar record none."""
+    _, results, _ = finished
+    by_method = {}
+    for run in (results / "runs").iterdir():
+        by_method.setdefault(json.loads((run / "metrics.json").read_text())["method"], run)
+    ard = json.loads((by_method["ard"] / "metrics.json").read_text())
+    assert [list(epoch) for epoch in ard["loss_terms"]] == [["kl"]] and ard["loss_terms"][0]["kl"] > 0
+    assert f"[kl {ard['loss_terms'][0]['kl']:.4f}]" in (by_method["ard"] / "log.txt").read_text()
+    assert "loss_terms" not in json.loads((by_method["natural"] / "metrics.json").read_text())
+
+
 def test_metrics_match_the_saved_student(finished, digits):
     _, results, _ = finished
     run = next(p for p in (results / "runs").iterdir()

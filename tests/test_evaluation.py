@@ -10,7 +10,7 @@ from torch import nn
 from rkbench.attacks import ATTACKS, build_attack, perturbation_norm
 from rkbench.attacks.pgd import PGD
 from rkbench.cli import main
-from rkbench.evaluate import evaluate
+from rkbench.evaluator import evaluate
 from rkbench.threat import ThreatModel
 
 QUICK = {  # every registered attack, configured small enough for CPU tests

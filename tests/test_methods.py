@@ -9,6 +9,8 @@ from rkbench.methods import Batch, build_method
 from rkbench.models import build_model
 from rkbench.threat import ThreatModel
 
+from conftest import scalar
+
 
 def hand_kl(student_logits, teacher_logits, t):
     """Per-sample KL(p_T || p_S) at temperature t, averaged over the batch, by explicit loops."""
@@ -27,16 +29,6 @@ def hand_ce(logits, y):
     for row, label in zip(logits.tolist(), y.tolist()):
         total += -row[label] + math.log(sum(math.exp(v) for v in row))
     return total / len(y)
-
-
-@pytest.fixture
-def setup():
-    torch.manual_seed(0)
-    student = build_model("mlp", 4, (1, 3, 3), hidden=8).double()
-    teacher = build_model("mlp", 4, (1, 3, 3), hidden=8).double().eval()
-    x = torch.rand(5, 1, 3, 3, dtype=torch.float64)
-    y = torch.tensor([0, 1, 2, 3, 1])
-    return student, teacher, x, y
 
 
 def test_kd_loss_matches_hand_computation(setup):
@@ -58,7 +50,7 @@ def test_ard_loss_matches_hand_computation(setup, reduction, scale):
     method = build_method("ard", params, threat, seed=3, attack_mode="eval")
     with torch.no_grad():
         teacher_logits = teacher(x)
-    loss = method.loss(student, Batch(x, y, teacher_logits=teacher_logits))
+    loss = scalar(method.loss(student, Batch(x, y, teacher_logits=teacher_logits)))
     # replay the same attack: same generator seed, PGD maximizing CE on the student
     replay = build_method("ard", params, threat, seed=3, attack_mode="eval")
     x_adv = replay.craft(student, x, y)
@@ -95,8 +87,8 @@ def test_gradients_reach_the_student_only(setup):
     before = [p.clone() for p in teacher.parameters()]
     for name in ("kd", "ard"):
         student.zero_grad()
-        loss = build_method(name, {}, ThreatModel(eps=0.1)).loss(
-            student, Batch(x, y, teacher_logits=teacher(x).detach(), teacher=teacher))
+        loss = scalar(build_method(name, {}, ThreatModel(eps=0.1)).loss(
+            student, Batch(x, y, teacher_logits=teacher(x).detach(), teacher=teacher)))
         loss.backward()
         assert all(p.grad is not None for p in student.parameters())
         assert all(p.grad is None for p in teacher.parameters())

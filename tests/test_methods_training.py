@@ -10,8 +10,9 @@ from rkbench.suite import TrainingConfig
 from rkbench.threat import ThreatModel
 from rkbench.train import Trainer
 
+from conftest import Interrupted, interrupt_after
+
 THREAT = ThreatModel(eps=0.1, step_size=0.025, steps=3)
-NEW = ["fast_ard", "kdiga", "rrm", "trades", "free_at", "fgsm_rs", "rslad", "iad", "adaad"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest.py)
@@ -64,17 +65,6 @@ def test_a_short_run_lowers_the_loss(small_digits, teacher, name, params):
     epochs = 6 if name in ("free_at", "fast_ard") else 3
     result = Trainer(config(epochs, 50), torch.device("cpu")).fit(student(), method, small_digits, teacher=teacher)
     assert result.losses[-1] < result.losses[0], result.losses
-
-
-class Interrupted(Exception):
-    pass
-
-
-def interrupt_after(first):
-    def on_epoch(epoch, epochs, loss):
-        if epoch == first:
-            raise Interrupted
-    return on_epoch
 
 
 @pytest.mark.parametrize("name, params", [

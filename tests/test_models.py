@@ -9,21 +9,6 @@ from rkbench.errors import ConfigError
 from rkbench.models import MODELS, build_model, count_parameters
 
 
-@pytest.mark.parametrize("name, options, shape", [
-    ("cnn_small", {}, (1, 8, 8)), ("cnn_tiny", {}, (1, 8, 8)), ("mlp", {}, (1, 8, 8)),
-    ("resnet18", {"base_width": 8}, (3, 32, 32)), ("preact_resnet18", {"base_width": 8}, (3, 32, 32)),
-    ("mobilenetv2", {"width_mult": 0.25, "last_channels": 64}, (3, 32, 32)),
-    ("wideresnet", {"depth": 10, "width": 1}, (3, 32, 32)),
-])
-def test_models_give_logits_and_penultimate_features(name, options, shape):
-    model = build_model(name, 7, shape, **options).eval()
-    x = torch.rand(2, *shape)
-    logits, features = model.forward_with_features(x)
-    assert logits.shape == (2, 7)
-    assert features.shape == (2, model.feature_dim)
-    assert torch.allclose(model(x), logits) and torch.allclose(model.features(x), features)
-
-
 # The published definitions the papers trained, read layer by layer (ARD's models/mobilenetv2.py and
 # models/resnet.py, copied unchanged by RSLAD, IAD and AdaAD; TRADES' models/wideresnet.py) and
 # instantiated once outside this repository. Per model and class count: the parameter count and a

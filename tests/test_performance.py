@@ -6,7 +6,7 @@ import torch
 
 from rkbench.data import TensorDataset
 from rkbench.errors import ConfigError, RkbenchError
-from rkbench.evaluate import evaluate
+from rkbench.evaluator import evaluate
 from rkbench.attacks import build_attack
 from rkbench.methods import build_method
 from rkbench.models import build_model
@@ -82,18 +82,20 @@ def test_the_run_log_names_the_speed_options_that_are_on(small_digits, trained_c
     assert not any("speed options" in line for line in lines)
 
 
-def test_host_batches_equal_device_resident_data(small_digits, trained_cnn, monkeypatch):
+def test_host_batches_stay_on_the_host_and_move_one_batch_at_a_time():
+    """On a CPU machine both placements are the same code; a second device ("meta": shapes, no data)
+    shows where the training set lives and what ``transfer`` moves."""
     from rkbench.performance import Performance
 
-    resident = train(small_digits, trained_cnn)
-    transfers = []
-    original = Performance.transfer
-    monkeypatch.setattr(Performance, "transfer", lambda self, t: transfers.append(t.device.type) or original(self, t))
-    host = train(small_digits, trained_cnn, data_on_device=False, pin_memory=True)  # pinning is CUDA-only: ignored
-    assert transfers == ["cpu"] * (2 * 2 * 4)  # inputs and labels of 4 batches in each of 2 epochs, from the host
-    assert host.losses == resident.losses
-    for name, value in weights(resident.model).items():
-        assert torch.equal(weights(host.model)[name], value)
+    x, y = torch.rand(8, 1, 8, 8), torch.arange(8)
+    resident = Performance(torch.device("meta"))
+    assert {t.device.type for t in resident.place_dataset(x, y)} == {"meta"}  # the whole set, once
+    host = Performance(torch.device("meta"), data_on_device=False, pin_memory=True)  # pinning: CUDA only
+    placed_x, placed_y = host.place_dataset(x, y)
+    assert placed_x is x and placed_y is y  # left on the host
+    batch = host.transfer(placed_x[:4])
+    assert batch.device.type == "meta" and batch.shape == (4, 1, 8, 8)  # each gathered batch is moved
+    assert resident.transfer(batch) is batch  # already there: no copy
 
 
 class AutocastSpy(torch.nn.Module):
@@ -169,24 +171,43 @@ def test_cpu_training_is_deterministic_without_nan_filling(small_digits, trained
     assert torch.utils.deterministic.fill_uninitialized_memory is False
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
-def test_cpu_training_tunes_glibc_malloc_and_trains_the_same_student(small_digits, trained_cnn, monkeypatch):
-    import rkbench.performance as performance
+UNTUNED = """
+import hashlib, sys, torch
+sys.path.insert(0, {tests!r})
+import rkbench.performance as performance
+from conftest import tiny_digits_training
+loss, digest = tiny_digits_training(malloc_tuning=False)
+assert not performance._MALLOC_TUNED  # this process never tuned its allocator
+print(repr(loss), digest)
+"""
 
-    # the tuning is process-wide and cannot be undone: earlier tests may already have tuned this
-    # process, so this checks the switch, idempotence and that tuned training trains the same weights
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_cpu_training_tunes_glibc_malloc_and_trains_the_same_student(monkeypatch):
+    """The tuning is process-wide and cannot be undone (earlier tests tuned this process): the
+    untuned training runs in a fresh interpreter, the tuned one here, and both end bit-equal."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import rkbench.performance as performance
+    from conftest import tiny_digits_training
+
     calls = []
     monkeypatch.setattr(performance, "tune_malloc", lambda: calls.append(1) or True)
-    untuned = train(small_digits, trained_cnn, epochs=1, malloc_tuning=False)
-    assert calls == []
-    tuned = train(small_digits, trained_cnn, epochs=1)
+    settings = lambda **options: performance.Performance.from_config(  # noqa: E731
+        TrainingConfig(**options), torch.device("cpu")).apply_process_settings()
+    settings(malloc_tuning=False)
+    assert calls == []  # the switch is honoured
+    settings()
     assert calls == [1]
     monkeypatch.undo()
     assert performance.tune_malloc() is True and performance.tune_malloc() is True  # real mallopt, idempotent
-    again = train(small_digits, trained_cnn, epochs=1)
-    assert tuned.losses == untuned.losses == again.losses  # the allocator changes no arithmetic
-    for name, value in weights(untuned.model).items():
-        assert torch.equal(weights(again.model)[name], value)
+    tuned = tiny_digits_training()
+    code = UNTUNED.format(tests=str(Path(__file__).parent))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == [repr(tuned[0]), tuned[1]]  # the allocator changes no arithmetic
 
 
 def test_only_amp_enters_a_runs_identity():

@@ -18,7 +18,7 @@ from rkbench.cli import main
 from rkbench.errors import RkbenchError
 from rkbench.registry import Registry
 
-from conftest import tiny_suite_dict
+from conftest import registries_restored, tiny_suite_dict
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_method.py"
 
@@ -26,35 +26,9 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_method.py"
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest.py)
 
 
-@pytest.fixture()
-def clean_registries():
-    """Plugins register into the process-wide registries: put them back as they were afterwards."""
-    from rkbench.attacks import ATTACKS
-    from rkbench.data import DATASETS
-    from rkbench.methods import METHODS
-    from rkbench.models import MODELS
-
-    registries = [METHODS, ATTACKS, MODELS, DATASETS]
-    saved = [dict(r._entries) for r in registries]
-    loaded, env = dict(plugins._loaded), os.environ.get(plugins.ENV)
-    yield
-    for registry, entries in zip(registries, saved):
-        registry._entries.clear()
-        registry._entries.update(entries)
-    plugins._loaded.clear()
-    plugins._loaded.update(loaded)
-    if env is None:
-        os.environ.pop(plugins.ENV, None)
-    else:
-        os.environ[plugins.ENV] = env
-
-
 @pytest.fixture(scope="module")
 def plugin_run(tmp_path_factory):
     """The example plugin method in a tiny suite beside at (diagnostics on), through the CLI."""
-    from rkbench.methods import METHODS
-
-    saved, loaded, env = dict(METHODS._entries), dict(plugins._loaded), os.environ.get(plugins.ENV)
     base = tmp_path_factory.mktemp("plugin")
     suite = tiny_suite_dict(name="plugin_tiny", students=[{"name": "mlp_small", "model": "mlp", "hidden": 32}],
                             methods={"akd": {"t": 4, "alpha": 0.9}, "at": {"attack_steps": 2}})
@@ -62,14 +36,10 @@ def plugin_run(tmp_path_factory):
     path = base / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
     results = base / "results"
-    result = CliRunner().invoke(main, ["run", str(path), "--results-dir", str(results), "--quiet",
-                                       "--plugin", str(EXAMPLE)])
-    yield results, result
-    METHODS._entries.clear()
-    METHODS._entries.update(saved)
-    plugins._loaded.clear()
-    plugins._loaded.update(loaded)
-    os.environ.pop(plugins.ENV, None) if env is None else os.environ.__setitem__(plugins.ENV, env)
+    with registries_restored():
+        result = CliRunner().invoke(main, ["run", str(path), "--results-dir", str(results), "--quiet",
+                                           "--plugin", str(EXAMPLE)])
+        yield results, result
 
 
 def test_plugin_method_runs_in_a_suite_and_reaches_the_leaderboard(plugin_run):
@@ -123,7 +93,7 @@ def test_notebook_api_on_the_same_results(plugin_run):
     assert pivot.iloc[0]["akd"] == pytest.approx(board[board["method"] == "akd"].iloc[0]["worst_case"])
     run = next(p for p in (results / "runs").iterdir() if json.loads((p / "metrics.json").read_text())["method"] == "akd")
     metrics = json.loads((run / "metrics.json").read_text())
-    importlib.import_module("rkbench.evaluate")  # the evaluator module, loaded: it must not shadow the API
+    importlib.import_module("rkbench.evaluator")  # the evaluator module, loaded: it does not shadow the API
     from rkbench.api import evaluate
 
     assert rkbench.evaluate is evaluate
@@ -132,7 +102,7 @@ def test_notebook_api_on_the_same_results(plugin_run):
     assert evaluation.summary()["clean_accuracy"] == pytest.approx(metrics["clean_accuracy"])
 
 
-def test_load_suite_and_run_suite(tmp_path, clean_registries):
+def test_load_suite_and_run_suite(tmp_path, registry_snapshot):
     path = tmp_path / "suite.yaml"
     suite_dict = tiny_suite_dict(name="api_tiny", teachers=[], students=["mlp"], methods={"natural": {}},
                                  evaluation={"attacks": [{"name": "pgd", "label": "pgd2", "steps": 2}],
@@ -155,7 +125,7 @@ def test_load_suite_and_run_suite(tmp_path, clean_registries):
     ("from rkbench.methods import METHODS, Method\n\n@METHODS.register('ard')\nclass Again(Method):\n    pass\n",
      "error: --plugin {path} (line 3): ValueError: method 'ard' is registered twice"),
 ])
-def test_bad_plugin_gives_one_line_and_exit_2(tmp_path, content, expected, clean_registries):
+def test_bad_plugin_gives_one_line_and_exit_2(tmp_path, content, expected, registry_snapshot):
     path = tmp_path / "plugin.py"
     if content is not None:
         path.write_text(content)
@@ -168,7 +138,7 @@ def test_bad_plugin_gives_one_line_and_exit_2(tmp_path, content, expected, clean
         assert lines[0].startswith(expected.format(path=path)), lines[0]
 
 
-def test_entry_points_load_once_at_first_use(tmp_path, monkeypatch, clean_registries):
+def test_entry_points_load_once_at_first_use(tmp_path, monkeypatch, registry_snapshot):
     """A fake installed distribution (a .dist-info on sys.path) with an object and a module entry point."""
     (tmp_path / "fake_rk_plugin.py").write_text(
         "from rkbench.methods import METHODS, Method\n"
@@ -180,9 +150,16 @@ def test_entry_points_load_once_at_first_use(tmp_path, monkeypatch, clean_regist
     (info / "entry_points.txt").write_text("[rkbench.methods]\nep_object = fake_rk_plugin:Extra\n"
                                            "ep_module = fake_rk_plugin\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    loads = []
+    load_entry_points = plugins.load_entry_points
+    monkeypatch.setattr(plugins, "load_entry_points",
+                        lambda group, registry: loads.append(group) or load_entry_points(group, registry))
     registry = Registry("method")
+    assert loads == []  # nothing at construction: at first use
     assert "ep_object" in registry.names()  # an object: registered under the entry point's name
     assert registry.get("ep_object").__name__ == "Extra"
+    registry.check("ep_object"), registry.describe(), "ep_object" in registry, list(registry)
+    assert loads == ["rkbench.methods"]  # once, whatever is looked up afterwards
     from rkbench.methods import METHODS
 
     assert "ep_module_method" in METHODS._entries  # a module: registered itself by being imported
@@ -192,7 +169,7 @@ def test_entry_points_load_once_at_first_use(tmp_path, monkeypatch, clean_regist
         Registry("attack").check("pgd")
 
 
-def test_plugin_files_reach_worker_processes(tmp_path, clean_registries):
+def test_plugin_files_reach_worker_processes(tmp_path, registry_snapshot):
     """--plugin puts the file in RKBENCH_PLUGINS: a process started from here registers it too."""
     rkbench.load_plugins([EXAMPLE])
     assert str(EXAMPLE.resolve()) in os.environ[plugins.ENV].split(os.pathsep)

@@ -103,7 +103,7 @@ def test_validate_a_bad_group_exits_2_with_one_line(tmp_path):
 
 
 def test_a_group_run_trains_and_the_leaderboard_names_every_teacher(tmp_path):
-    from rkbench.runner import run_suite
+    from rkbench.api import run_suite
 
     outcome = run_suite(suite_from_dict(group_suite()), tmp_path)
     assert [o.status for o in outcome.outcomes] == ["finished", "finished"]

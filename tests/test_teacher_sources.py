@@ -119,7 +119,7 @@ def test_robustbench_teacher_loads_a_placed_checkpoint_offline(zoo_dir, no_netwo
 
 
 def test_robustbench_identity_holds_the_file_hash(zoo_dir):
-    from rkbench.teachers.checkpoint import file_sha256
+    from rkbench.weights import file_sha256
 
     root, _ = zoo_dir
     source = TEACHER_SOURCES.get("robustbench")()

@@ -4,7 +4,7 @@ import torch
 from rkbench.errors import DataUnavailableError
 from rkbench.models import build_model
 from rkbench.teachers import TEACHER_SOURCES, TeacherContext
-from rkbench.teachers.checkpoint import load_state_dict
+from rkbench.weights import load_state_dict
 from rkbench.threat import ThreatModel
 
 

@@ -7,9 +7,16 @@ from typing import Literal
 from pydantic import Field
 
 from .base import ATTACKS, Attack, AttackParams
+from .pgd import PGD
 
 NORMS = {"linf": "Linf", "l2": "L2"}
 SUBATTACKS = Literal["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
+# rough gradient evaluations per example of each sub-attack as pyautoattack configures it (100
+# iterations; the targeted ones over 9 target classes; Square: 5000 queries, two count as one gradient)
+SUBATTACK_COST = {"apgd-ce": 100, "apgd-dlr": 100, "fab": 100, "square": 2500, "apgd-t": 900, "fab-t": 900}
+VERSIONS = {"standard": ["apgd-ce", "apgd-t", "fab-t", "square"], "fast": ["apgd-ce", "apgd-t"],
+            "plus": ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]}
+RESTARTS = {"plus": {"apgd-ce": 5, "apgd-dlr": 5, "fab": 5}}  # version plus restarts the untargeted attacks
 
 
 class _Capture(logging.Handler):
@@ -39,11 +46,20 @@ class AutoAttackEval(Attack):
     The seed is fixed (recorded in metrics.json) so a rerun gives the same numbers."""
 
     Params = AutoAttackParams
-    cost_per_example = 4000
 
-    def __init__(self, threat, **options):
-        super().__init__(threat, **options)
-        self.warnings: list[str] = []
+    @property
+    def cost(self) -> float:
+        p = self.params
+        attacks = VERSIONS.get(p.version) or p.attacks or VERSIONS["standard"]
+        restarts = RESTARTS.get(p.version, {})
+        return float(sum(SUBATTACK_COST[a] * restarts.get(a, 1) for a in attacks))
+
+    def dominates(self, other: Attack) -> bool:
+        """APGD-CE alone (100 steps, in every version but custom without it) is at least as strong as a
+        PGD of at most 100 steps and one restart."""
+        runs_apgd_ce = "apgd-ce" in (VERSIONS.get(self.params.version) or self.params.attacks or [])
+        return (isinstance(other, PGD) and runs_apgd_ce and other.params.steps <= 100
+                and other.params.restarts <= 1)
 
     def run(self, model, x, y):
         from pyautoattack import AutoAttack
@@ -79,7 +95,11 @@ class Square(Attack):
     """Score-based black-box attack; far stronger than white-box PGD only when gradients mislead."""
 
     Params = SquareParams
-    cost_per_example = 2500  # forward passes only
+    black_box = True
+
+    @property
+    def cost(self) -> float:
+        return self.params.n_queries / 2  # forward passes only: two count as one gradient
 
     def run(self, model, x, y):
         from pyautoattack.square import SquareAttack

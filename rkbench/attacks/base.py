@@ -6,6 +6,7 @@ the wrong shape or non-finite pixels raises ``AttackError``, never scores as 0 %
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -20,23 +21,35 @@ class AttackParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Attack:
+class Attack(ABC):
+    """What the evaluator needs from an attack, declared by the attack itself: ``run``; ``cost`` (from its
+    own parameters: the cascade runs cheap attacks first); ``dominates`` (which attacks it should never
+    score above: the ``stronger_attack_weaker`` flag); ``black_box`` (the gradient-masking check);
+    ``warnings`` (its own integrity warnings, e.g. pyautoattack's checks, turned into flags)."""
+
     Params: type[AttackParams] = AttackParams
     defaults: dict[str, Any] = {}  # presets (pgd20, pgd1000, ...) are subclasses that only change these
-    cost_per_example = 1  # rough gradient evaluations per example: the cascade runs cheap attacks first
-    warnings: list[str] = []  # an attack's own integrity warnings (pyautoattack's checks), turned into flags
+    cost_per_example = 1  # the default ``cost``: rough gradient evaluations per example
+    black_box = False  # queries the model's outputs only (no gradients)
 
     def __init__(self, threat: ThreatModel, **options: Any):
         self.threat = threat
         self.params = self.Params(**{**self.defaults, **options})
         self.example_ids: torch.Tensor | None = None
+        self.warnings: list[str] = []  # this instance's own, never shared with another attack
 
     @property
     def cost(self) -> float:
+        """Rough gradient evaluations (or two forward passes) per example, from the parameters."""
         return float(self.cost_per_example)
 
-    def run(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+    def dominates(self, other: "Attack") -> bool:
+        """Whether this attack should never score higher than ``other`` (up to noise)."""
+        return False
+
+    @abstractmethod
+    def run(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Adversarial examples for the batch, inside ``self.threat``."""
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                  example_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -54,12 +67,13 @@ class Attack:
         return x_adv.detach()
 
 
-ATTACKS: Registry[type[Attack]] = Registry("attack")
+ATTACKS: Registry[type[Attack]] = Registry("attack", base=Attack)
 
 
 def register_preset(name: str, base: type[Attack], description: str, **defaults: Any) -> type[Attack]:
     """A named configuration of an attack (``pgd20`` = ``pgd`` with 20 steps), one line each."""
-    preset = type(name, (base,), {"defaults": {**base.defaults, **defaults}, "__doc__": description})
+    preset = type(name, (base,), {"defaults": {**base.defaults, **defaults}, "__doc__": description,
+                                  "__module__": base.__module__})
     ATTACKS.add(name, preset, description=description)
     return preset
 

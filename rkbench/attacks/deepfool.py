@@ -22,7 +22,11 @@ class DeepFool(Attack):
     point is misclassified)."""
 
     Params = DeepFoolParams
-    cost_per_example = 500  # up to `steps` iterations x one gradient per class
+    classes = 10  # the cost assumes 10 classes (the attack learns the true number only when it runs)
+
+    @property
+    def cost(self) -> float:
+        return float(self.params.steps * self.classes)  # up to `steps` iterations x one gradient per class
 
     def run(self, model, x, y):
         p, threat = self.params, self.threat

@@ -19,7 +19,10 @@ class MIFGSM(Attack):
     """g <- decay * g + grad / ||grad||_1; x <- proj(x + (eps/steps) * sign(g)) (Linf; L2 uses g/||g||_2)."""
 
     Params = MIFGSMParams
-    cost_per_example = 20
+
+    @property
+    def cost(self) -> float:
+        return float(self.params.steps)
 
     def run(self, model, x, y):
         p, threat = self.params, self.threat

@@ -90,6 +90,14 @@ class PGD(Attack):
     def cost(self) -> float:
         return float(self.params.steps * max(1, self.params.restarts))
 
+    def dominates(self, other: Attack) -> bool:
+        """More steps and restarts of the same loss (and not the very same budget)."""
+        if not isinstance(other, PGD):
+            return False
+        s, w = self.params, other.params
+        return (s.loss == w.loss and s.steps >= w.steps and s.restarts >= w.restarts
+                and (s.steps, s.restarts) != (w.steps, w.restarts))
+
     def run(self, model, x, y):
         p = self.params
         threat = self.threat

@@ -1,6 +1,7 @@
 """What a dataset source returns: whole splits as tensors, pixels in [0, 1], channels first."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -29,21 +30,18 @@ class TensorDataset:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
 
-    def to(self, device: torch.device | str) -> "TensorDataset":
-        return TensorDataset(self.name, self.x_train.to(device), self.y_train.to(device), self.x_test.to(device),
-                             self.y_test.to(device), self.num_classes, self.augment)
 
-
-class DatasetSource:
+class DatasetSource(ABC):
     """A registered dataset: ``Params`` validates the suite's options, ``load`` returns tensors."""
 
     Params: type[DatasetParams] = DatasetParams
 
-    def load(self, params: DatasetParams) -> TensorDataset:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def load(self, params: DatasetParams) -> TensorDataset:
+        """The whole splits as tensors."""
 
 
-DATASETS: Registry[type[DatasetSource]] = Registry("dataset")
+DATASETS: Registry[type[DatasetSource]] = Registry("dataset", base=DatasetSource)
 
 
 def uint8_to_float(x) -> torch.Tensor:

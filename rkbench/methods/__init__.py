@@ -2,7 +2,9 @@
 from . import (  # noqa: F401  (importing registers the built-in methods)
     adaad, ard, at, fast_ard, fgsm_rs, free_at, iad, kd, kdiga, mtard, natural, rrm, rslad, trades,
 )
-from .base import METHODS, Batch, Method, MethodParams, build_method, model_mode
+from .adversarial import AdversarialMethod, AdversarialParams
+from .base import METHODS, Batch, LossTerms, Method, MethodParams, build_method, model_mode, total_loss
 from .losses import kl_divergence
 
-__all__ = ["METHODS", "Batch", "Method", "MethodParams", "build_method", "model_mode", "kl_divergence"]
+__all__ = ["AdversarialMethod", "AdversarialParams", "METHODS", "Batch", "LossTerms", "Method", "MethodParams",
+           "build_method", "model_mode", "kl_divergence", "total_loss"]

@@ -46,8 +46,8 @@ class ARD(AdversarialMethod):
 
 def ard_loss(p, student, batch, adv_logits):
     """alpha * t^2 * KL(T_t(x) || S_t(x_adv)) + (1 - alpha) * CE(S(x), y), shared by ARD, Fast-ARD and
-    IAD's warm-up; ``p`` holds t, alpha and kl_reduction."""
-    loss = p.alpha * p.t ** 2 * kl_divergence(adv_logits, batch.teacher_logits, p.t, p.kl_reduction)
+    IAD's warm-up; ``p`` holds t, alpha and kl_reduction. Named terms: kl, ce (the trainer sums them)."""
+    terms = {"kl": p.alpha * p.t ** 2 * kl_divergence(adv_logits, batch.teacher_logits, p.t, p.kl_reduction)}
     if p.alpha < 1:  # at alpha=1 the clean pass would be multiplied by zero: skipped
-        loss = loss + (1 - p.alpha) * F.cross_entropy(student(batch.x), batch.y)
-    return loss
+        terms["ce"] = (1 - p.alpha) * F.cross_entropy(student(batch.x), batch.y)
+    return terms

@@ -1,14 +1,16 @@
 """The method contract: a loss over a batch. The trainer, the attacker and the evaluator are shared.
 
 A method declares what it needs from the trainer (teacher logits and/or penultimate features on
-the clean batch, computed once per batch under no_grad in eval mode) and returns a scalar loss.
-It never runs its own loop and never knows which dataset it is on.
+the clean batch, computed once per batch under no_grad in eval mode) and returns a scalar loss, or
+named terms (``{"kl": ..., "ce": ...}``) that the trainer sums in their order, logs per epoch and
+stores in the run's metrics. It never runs its own loop and never knows which dataset it is on.
 """
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import ClassVar, Iterator, Mapping, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -22,6 +24,23 @@ from ..threat import ThreatModel
 # a method crafts its training examples. ``official``: each method's declared ``official_attack_mode``.
 PROTOCOL_ATTACK_MODES = ("official", "eval", "train")
 FREE = "free"  # the "free" family: the examples come from the training pass itself (train mode, no switch)
+
+LossTerms = Mapping[str, torch.Tensor]  # named scalar terms; the loss is their sum, left to right
+LossOutput = Union[torch.Tensor, LossTerms]
+
+
+def total_loss(output: LossOutput) -> tuple[torch.Tensor, LossTerms | None]:
+    """(the scalar to backpropagate, the named terms or None): terms are summed in their order,
+    ``((a + b) + c)``, so a method written as ``a + b + c`` gives the bit-identical loss."""
+    if isinstance(output, torch.Tensor):
+        return output, None
+    terms = list(output.values())
+    if not terms:
+        raise ValueError("a method returned no loss terms")
+    loss = terms[0]
+    for term in terms[1:]:
+        loss = loss + term
+    return loss, output
 
 
 class MethodParams(BaseModel):
@@ -43,7 +62,9 @@ class Batch:
     epochs: int = 1
 
 
-class Method:
+class Method(ABC):
+    """Every hook a method may use; only ``loss`` must be written."""
+
     Params: type[MethodParams] = MethodParams
     uses_teacher: bool = False  # needs a teacher; the trainer fills Batch.teacher_logits (see below)
     uses_teacher_features: bool = False  # ... and Batch.teacher_features
@@ -82,8 +103,9 @@ class Method:
         """Called once before the optimizer is built: a method that adds trainable modules to the
         student (e.g. a feature projection) attaches them here so that they are optimized and saved."""
 
-    def loss(self, student: nn.Module, batch: Batch) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def loss(self, student: nn.Module, batch: Batch) -> LossOutput:
+        """The training loss on one batch: a scalar, or named scalar terms (see ``total_loss``)."""
 
     def end_epoch(self, student: nn.Module, epoch: int, held: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
         """Called after each epoch with the ``holdout`` withheld training examples (or None); return True
@@ -95,7 +117,7 @@ class Method:
         trained student (e.g. a feature projection), so the saved student loads into its bare architecture."""
 
 
-METHODS: Registry[type[Method]] = Registry("method")
+METHODS: Registry[type[Method]] = Registry("method", base=Method)
 
 
 def resolve_attack_mode(cls: type[Method], protocol: str) -> str | None:

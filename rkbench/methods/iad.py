@@ -67,7 +67,7 @@ class IAD(AdversarialMethod):
         distill = p.t ** 2 * kl_divergence(adv_logits, batch.teacher_logits, p.t, p.kl_reduction)
         introspect = reduce_per_sample((1 - trust) * kl_per_sample(adv_logits, clean_logits),
                                        adv_logits.shape[1], p.kl_reduction)
-        loss = p.alpha * (distill + introspect)
+        terms = {"kl": p.alpha * (distill + introspect)}  # named as in the warm-up (ard_loss)
         if p.alpha < 1:
-            loss = loss + (1 - p.alpha) * F.cross_entropy(clean_logits, batch.y)
-        return loss
+            terms["ce"] = (1 - p.alpha) * F.cross_entropy(clean_logits, batch.y)
+        return terms

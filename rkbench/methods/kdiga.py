@@ -68,4 +68,4 @@ class KDIGA(Method):
         else:
             align = diff.flatten(1).norm(2, dim=1).sum()
         distill = kl_divergence(logits, teacher_logits.detach(), p.t, p.kl_reduction)
-        return p.alpha * p.t ** 2 * distill + (1 - p.alpha) * ce + p.gamma * align
+        return {"kl": p.alpha * p.t ** 2 * distill, "ce": (1 - p.alpha) * ce, "align": p.gamma * align}

@@ -39,4 +39,4 @@ class TRADES(AdversarialMethod):
             target = student(batch.x)
         x_adv = self.craft_kl(student, batch.x, target_logits=target)
         logits = student(batch.x)
-        return F.cross_entropy(logits, batch.y) + self.params.beta * kl_divergence(student(x_adv), logits)
+        return {"ce": F.cross_entropy(logits, batch.y), "kl": self.params.beta * kl_divergence(student(x_adv), logits)}

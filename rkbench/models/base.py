@@ -6,6 +6,7 @@ pixel space and eps means what the threat model says.
 from __future__ import annotations
 
 import inspect
+from abc import ABCMeta, abstractmethod
 from typing import Callable, Sequence
 
 import torch
@@ -15,7 +16,7 @@ from ..errors import ConfigError
 from ..registry import Registry
 
 
-class Classifier(nn.Module):
+class Classifier(nn.Module, metaclass=ABCMeta):
     """Base of every rkbench model: subclasses define ``extract`` (pixels -> penultimate features)."""
 
     def __init__(self, feature_dim: int, num_classes: int, mean: Sequence[float] | None = None,
@@ -28,8 +29,9 @@ class Classifier(nn.Module):
             self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
             self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
-    def extract(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def extract(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized pixels -> the penultimate feature vector [B, feature_dim]."""
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalize:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataUnavailableError
+from ..weights import file_sha256, fit_weights, load_state_dict
 from .base import MODELS
 
 
@@ -76,8 +77,6 @@ def check_options(options: dict) -> dict:
     options = dict(options)
     check_arch(str(options.get("arch", "resnet18")))
     if options.get("checkpoint"):
-        from ..teachers.checkpoint import file_sha256
-
         path = Path(options["checkpoint"]).expanduser()
         if not path.is_file():
             raise ConfigError(f"checkpoint: file not found: {path}")
@@ -124,14 +123,9 @@ timm_model.check_options = check_options  # models.base.check_model_options call
 
 
 def load_weights(wrapped: TimmClassifier, path: Path, arch: str) -> None:
-    from ..teachers.checkpoint import load_state_dict
-
     state = load_state_dict(path)
     if state and all(key.startswith("model.") or key in ("mean", "std") for key in state):
         target, state = wrapped, state  # saved from an rkbench timm model
     else:
         target = wrapped.model  # timm's own keys
-    try:
-        target.load_state_dict(state)
-    except RuntimeError as exc:
-        raise DataUnavailableError(f"{path} does not fit timm model {arch!r}: {str(exc).splitlines()[0]}") from exc
+    fit_weights(target, state, path, f"timm model {arch!r}")

@@ -6,7 +6,8 @@ trainer or the runner.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,12 +31,11 @@ class TeacherContext:
     device: torch.device
     training: Any = None  # the suite's TrainingConfig (defaults for teachers trained in the suite)
     work_dir: Path | None = None  # where a trained teacher keeps its checkpoints
-    # train(model, method_name, method_params, training, seed, work_dir) -> trained model
+    # train(model, method_name, method_params, seed, work_dir) -> trained model (with ``training`` above)
     train: Callable[..., nn.Module] | None = None
-    extra: dict = field(default_factory=dict)
 
 
-class TeacherSource:
+class TeacherSource(ABC):
     Params: type[TeacherParams] = TeacherParams
     trains: bool = False  # True: the runner trains it once and caches it under results/<suite>/teachers/
     # an option that defaults to the teacher's name in the suite (``{name: Carmon2019Unlabeled,
@@ -54,8 +54,9 @@ class TeacherSource:
         """What makes two teachers the same (hashed into every run that uses the teacher)."""
         return params.model_dump(mode="json")
 
-    def build(self, params: TeacherParams, context: TeacherContext) -> nn.Module:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def build(self, params: TeacherParams, context: TeacherContext) -> nn.Module:
+        """The teacher network (pixels in [0, 1] -> logits; ``features`` where it can)."""
 
 
-TEACHER_SOURCES: Registry[type[TeacherSource]] = Registry("teacher source")
+TEACHER_SOURCES: Registry[type[TeacherSource]] = Registry("teacher source", base=TeacherSource)

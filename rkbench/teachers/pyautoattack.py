@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError, DataUnavailableError
+from ..weights import file_sha256, fit_weights, load_state_dict
 from .base import TEACHER_SOURCES, TeacherParams, TeacherSource
-from .checkpoint import file_sha256, load_state_dict
 from .hooked import PenultimateFeatures
 
 WEIGHTS = "model_test.pt"
@@ -78,9 +78,5 @@ class PyAutoAttack(TeacherSource):
                               f"dataset {data.name!r} has {data.num_classes} classes of shape {tuple(data.input_shape)}")
         model = example_resnet18()
         path = weights_path()
-        try:
-            model.load_state_dict(load_state_dict(path))
-        except RuntimeError as exc:
-            raise DataUnavailableError(f"{path} does not fit pyautoattack's ResNet-18: "
-                                       f"{str(exc).splitlines()[0]}") from exc
+        fit_weights(model, load_state_dict(path), path, "pyautoattack's ResNet-18")
         return PenultimateFeatures(model.eval(), head="linear")

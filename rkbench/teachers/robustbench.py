@@ -38,8 +38,8 @@ from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_val
 
 from ..compat import import_robustbench
 from ..errors import ConfigError, DataUnavailableError
+from ..weights import check_not_html, file_digest, fit_weights, load_state_dict
 from .base import TEACHER_SOURCES, TeacherParams, TeacherSource
-from .checkpoint import check_not_html, file_digest, load_state_dict
 from .hooked import PenultimateFeatures
 
 DEFAULT_MODEL_DIR = Path("~/.cache/rkbench/robustbench")
@@ -178,12 +178,7 @@ class RobustBench(TeacherSource):
             raise DataUnavailableError(f"RobustBench serves {params.model_name} through the Hugging Face Hub (timm "
                                        f"{hub_name!r}); rkbench loads it offline only from {path} (its state dict)")
         model = timm.create_model(hub_name, pretrained=False, num_classes=NUM_CLASSES[params.dataset])
-        try:
-            model.load_state_dict(load_state_dict(path))
-        except RuntimeError as exc:
-            raise DataUnavailableError(f"{path} does not fit timm model {hub_name!r}: "
-                                       f"{str(exc).splitlines()[0]}") from exc
-        return model.eval()
+        return fit_weights(model, load_state_dict(path), path, f"timm model {hub_name!r}").eval()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from pathlib import Path
 from pydantic import Field
 
 from ..models import build_model
+from ..weights import file_digest
 from .base import TEACHER_SOURCES, TeacherParams, TeacherSource
-from .checkpoint import file_digest
 
 
 class TimmTeacherParams(TeacherParams):

@@ -1,6 +1,7 @@
 """A teacher trained inside the suite (e.g. PGD adversarial training), cached for every run."""
 from __future__ import annotations
 
+import torch
 from pydantic import Field
 
 from ..models import build_model
@@ -24,13 +25,8 @@ class Train(TeacherSource):
 
     def build(self, params: TrainParams, context):
         data = context.dataset
-        torch_seed(params.seed)
+        torch.manual_seed(params.seed)
         model = build_model(params.model, data.num_classes, data.input_shape, **params.model_options)
-        return context.train(model, params.method, params.method_params, params.training, params.seed,
-                             context.work_dir)
+        # params.training is already merged into context.training (the suite's plan did it)
+        return context.train(model, params.method, params.method_params, params.seed, context.work_dir)
 
-
-def torch_seed(seed: int) -> None:
-    import torch
-
-    torch.manual_seed(seed)

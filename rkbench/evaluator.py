@@ -181,20 +181,6 @@ def noise_margin(n: int) -> float:
     return max(2.0 / n, 0.005)
 
 
-def dominates(strong: Attack, weak: Attack) -> bool:
-    """Whether ``strong`` should never score higher than ``weak`` (up to noise)."""
-    from .attacks.autoattack import AutoAttackEval
-    from .attacks.pgd import PGD
-
-    if isinstance(strong, PGD) and isinstance(weak, PGD):
-        s, w = strong.params, weak.params
-        return (s.loss == w.loss and s.steps >= w.steps and s.restarts >= w.restarts
-                and (s.steps, s.restarts) != (w.steps, w.restarts))
-    if isinstance(strong, AutoAttackEval) and isinstance(weak, PGD):
-        return weak.params.steps <= 100 and weak.params.restarts <= 1  # APGD-CE alone is at least as strong
-    return False
-
-
 def input_gradient_health(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
     """Fraction of examples whose input gradient of the CE loss is zero or not finite."""
     bad = 0
@@ -207,8 +193,6 @@ def input_gradient_health(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ba
 
 
 def integrity_flags(model, x, y, result: EvalResult, attacks: dict[str, Attack], batch_size: int) -> list[dict]:
-    from .attacks.autoattack import Square
-
     n, margin, clean = result.n_examples, noise_margin(result.n_examples), result.clean_accuracy
     flags: list[dict] = []
     for label in attacks:
@@ -218,14 +202,14 @@ def integrity_flags(model, x, y, result: EvalResult, attacks: dict[str, Attack],
     for strong_label, strong in attacks.items():
         for weak_label, weak in attacks.items():
             a_strong, a_weak = result.accuracy(strong_label), result.accuracy(weak_label)
-            if a_strong is None or a_weak is None or not dominates(strong, weak):
+            if a_strong is None or a_weak is None or not strong.dominates(weak):
                 continue
             if a_strong > a_weak + margin:
                 flags.append({"code": "stronger_attack_weaker",
                               "detail": f"{strong_label} {a_strong:.2%} > {weak_label} {a_weak:.2%}"})
-    white_box = [label for label, attack in attacks.items() if not isinstance(attack, Square)]
+    white_box = [label for label, attack in attacks.items() if not attack.black_box]
     for label, attack in attacks.items():
-        if isinstance(attack, Square) and white_box:
+        if attack.black_box and white_box:
             survivors = result.worst_case(white_box)
             broken = survivors & result.evaluated[label] & ~result.correct[label]
             if broken.sum() / n > max(margin, 0.02):

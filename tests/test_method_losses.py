@@ -1,4 +1,5 @@
-"""The nine methods after the spine, each loss against an independent hand computation from its formula.
+"""The methods after the spine (kd, ard, at: test_methods.py), each loss against an independent hand
+computation from its formula.
 
 Adversarial examples are replayed from the same seeded generator (as test_methods.py does for ARD)
 or rebuilt here step by step; the losses themselves are recomputed with explicit loops.
@@ -17,10 +18,9 @@ from rkbench.models import build_model
 from rkbench.suite import suite_from_dict
 from rkbench.threat import ThreatModel
 
-from conftest import tiny_suite_dict
+from conftest import builtin_names, scalar, tiny_suite_dict
 
-NEW = ["fast_ard", "kdiga", "rrm", "trades", "free_at", "fgsm_rs", "rslad", "iad", "adaad"]
-TEACHER_METHODS = ["fast_ard", "kdiga", "rrm", "rslad", "iad", "adaad"]
+TEACHER_METHODS = [name for name in builtin_names(METHODS) if METHODS.get(name).uses_teacher]
 THREAT = ThreatModel(eps=0.1, step_size=0.03, steps=3)
 
 
@@ -76,16 +76,6 @@ def in_ball(x_adv, x, eps):
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest.py)
 
 
-@pytest.fixture
-def setup():
-    torch.manual_seed(0)
-    student = build_model("mlp", 4, (1, 3, 3), hidden=8).double()
-    teacher = build_model("mlp", 4, (1, 3, 3), hidden=8).double().eval().requires_grad_(False)
-    x = torch.rand(5, 1, 3, 3, dtype=torch.float64)
-    y = torch.tensor([0, 1, 2, 3, 1])
-    return student, teacher, x, y
-
-
 def batch_for(teacher, x, y, **kw):
     with torch.no_grad():
         logits, features = teacher.forward_with_features(x)
@@ -94,12 +84,6 @@ def batch_for(teacher, x, y, **kw):
 
 # ---------------------------------------------------------------------------------------------
 # registry and parameters
-
-
-def test_all_thirteen_methods_are_registered_with_description_and_source():
-    rows = {name: (description, source) for name, description, source in METHODS.describe()}
-    assert set(rows) >= {"natural", "kd", "at", "ard", *NEW}  # plugins may add more
-    assert all(description and source for description, source in rows.values())
 
 
 @pytest.mark.parametrize("method, params, field", [
@@ -121,7 +105,7 @@ def test_bad_parameters_give_one_line_naming_the_field(method, params, field):
 def test_trades_loss_matches_hand_computation(setup):
     student, _, x, y = setup
     method = build_method("trades", {"beta": 3.0}, THREAT, seed=2)
-    loss = method.loss(student, Batch(x, y))
+    loss = scalar(method.loss(student, Batch(x, y)))
     replay = build_method("trades", {"beta": 3.0}, THREAT, seed=2)
     with torch.no_grad(), model_mode(student, False):
         target = student(x)
@@ -198,7 +182,7 @@ def test_iad_loss_matches_hand_computation_before_and_after_warmup(setup, epoch)
     student, teacher, x, y = setup
     params = {"t": 2.0, "alpha": 0.8, "beta": 0.5, "warmup": 0.5}
     batch = batch_for(teacher, x, y, epoch=epoch, epochs=10)
-    loss = build_method("iad", params, THREAT, seed=6, attack_mode="eval").loss(student, batch)
+    loss = scalar(build_method("iad", params, THREAT, seed=6, attack_mode="eval").loss(student, batch))
     x_adv = build_method("iad", params, THREAT, seed=6, attack_mode="eval").craft(student, x, y)  # ARD's CE-PGD, replayed
     assert in_ball(x_adv, x, 0.1)
     with torch.no_grad():
@@ -224,7 +208,7 @@ def test_iad_warmup_is_a_fraction_or_an_epoch():
 def test_kdiga_loss_matches_hand_computation(setup, grad_norm):
     student, teacher, x, y = setup
     params = {"t": 2.0, "alpha": 0.6, "gamma": 3.0, "grad_norm": grad_norm}
-    loss = build_method("kdiga", params, THREAT).loss(student, batch_for(teacher, x, y))
+    loss = scalar(build_method("kdiga", params, THREAT).loss(student, batch_for(teacher, x, y)))
     b = x.shape[0]
     # each example's own CE gradient; the code's batch-mean CE gives row i a 1/B factor
     diff = (per_example_input_grads(student, x, y) - per_example_input_grads(teacher, x, y)) / b
@@ -239,7 +223,8 @@ def test_kdiga_loss_matches_hand_computation(setup, grad_norm):
 def test_kdiga_alignment_is_zero_when_student_and_teacher_are_the_same_network(setup):
     student, _, x, y = setup
     twin = copy.deepcopy(student).eval().requires_grad_(False)
-    loss = build_method("kdiga", {"alpha": 0.0, "gamma": 100.0}, THREAT).loss(student, batch_for(twin, x, y))
+    method = build_method("kdiga", {"alpha": 0.0, "gamma": 100.0}, THREAT)
+    loss = scalar(method.loss(student, batch_for(twin, x, y)))
     with torch.no_grad():
         assert loss.item() == pytest.approx(mean(ce_rows(student(x), y)), rel=1e-12)
     loss.backward()
@@ -251,7 +236,7 @@ def test_kdiga_alignment_reaches_the_student_weights_by_double_backprop(setup):
     grads = []
     for gamma in (0.0, 1.0):
         student.zero_grad()
-        build_method("kdiga", {"gamma": gamma}, THREAT).loss(student, batch_for(teacher, x, y)).backward()
+        scalar(build_method("kdiga", {"gamma": gamma}, THREAT).loss(student, batch_for(teacher, x, y))).backward()
         grads.append(torch.cat([p.grad.flatten() for p in student.parameters()]))
     assert not torch.allclose(grads[0], grads[1])
 
@@ -333,7 +318,7 @@ def test_fast_ard_loss_and_delta_update_match_hand_computation(setup, delta_grad
     batch = batch_for(teacher, x, y)
     delta = torch.zeros_like(x)
     for _ in range(3):
-        loss = method.loss(student, batch)
+        loss = scalar(method.loss(student, batch))
         with torch.no_grad():
             adv, clean = student(x + delta), student(x)
         expected = 0.6 * 9 * mean(kl_rows(adv, batch.teacher_logits, 3.0)) + 0.4 * mean(ce_rows(clean, y))
@@ -370,22 +355,6 @@ def test_fgsm_rs_loss_matches_a_hand_built_fgsm_step(setup):
 # properties shared by every new method
 
 
-@pytest.mark.parametrize("name", NEW)
-def test_every_training_input_stays_in_the_eps_ball(setup, name):
-    student, teacher, x, y = setup
-    method = build_method(name, {}, ThreatModel(eps=0.1), seed=1)
-    method.prepare(student, teacher)
-    seen = []
-    handle = student.body.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))  # every pass
-    for _ in range(4):  # the free family's delta grows over replays
-        student.zero_grad()
-        method.loss(student, batch_for(teacher, x, y, epoch=9, epochs=10)).backward()
-    handle.remove()
-    assert seen and all(in_ball(s, x, 0.1) for s in seen)
-    if name not in ("rrm", "kdiga"):
-        assert any((s - x).abs().max() > 0.05 for s in seen)  # it does perturb
-
-
 @pytest.mark.parametrize("name", TEACHER_METHODS)
 def test_gradients_reach_the_student_only(setup, name):
     student, _, x, y = setup
@@ -397,7 +366,7 @@ def test_gradients_reach_the_student_only(setup, name):
     batch = batch_for(teacher, x, y, epoch=9, epochs=10)
     for _ in range(2):
         student.zero_grad()
-        method.loss(student, batch).backward()
+        scalar(method.loss(student, batch)).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
     assert all(p.grad is None for p in teacher.parameters()) and not teacher.training
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())  # BN statistics too
