@@ -58,6 +58,13 @@ def training(name: str, epochs: int) -> TrainingConfig:
     return TrainingConfig(epochs=epochs * max(1, replays), batch_size=48, optimizer={"lr": 0.05})
 
 
+def teachers_of(name: str, teacher):
+    """What the trainer hands method ``name``: the teacher, or for a multi-teacher method a group
+    with that teacher in each of its roles."""
+    roles = METHODS.get(name).teacher_roles
+    return {role: teacher for role in roles} if roles else teacher
+
+
 @pytest.mark.parametrize("name", builtin_names(METHODS))
 def test_method_declares_its_contract(name):
     cls = METHODS.get(name)
@@ -72,7 +79,8 @@ def test_method_a_short_fit_trains(name, few_digits, mlp_teacher):
     method = build_method(name, {}, THREAT, seed=1)
     student = mlp_student()
     before = [p.detach().clone() for p in student.parameters()]
-    result = Trainer(training(name, 1), CPU).fit(student, method, few_digits, teacher=mlp_teacher, seed=1)
+    result = Trainer(training(name, 1), CPU).fit(student, method, few_digits, teacher=teachers_of(name, mlp_teacher),
+                                                       seed=1)
     assert result.steps >= 1 and all(torch.isfinite(torch.tensor(result.losses)))
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
 
@@ -91,8 +99,10 @@ def test_method_inputs_stay_in_the_eps_ball(name, mlp_teacher):
     student.features = lambda inputs: seen.append(inputs.detach()) or features(inputs)
     with torch.no_grad():
         logits, teacher_features = mlp_teacher.forward_with_features(x)
+    roles = METHODS.get(name).teacher_roles
     batch = Batch(x, y, teacher_logits=logits, teacher_features=teacher_features, teacher=mlp_teacher, epoch=9,
-                  epochs=10)
+                  epochs=10, teachers={role: mlp_teacher for role in roles} or None,
+                  teachers_logits={role: logits for role in roles} or None)
     for _ in range(3):  # the free family's perturbation grows over replays
         student.zero_grad()
         scalar(method.loss(student, batch)).backward()
@@ -106,14 +116,15 @@ def test_method_inputs_stay_in_the_eps_ball(name, mlp_teacher):
 @pytest.mark.parametrize("name", builtin_names(METHODS))
 def test_method_a_killed_run_resumes_bit_equal(name, few_digits, mlp_teacher, tmp_path):
     config = training(name, 2)
+    teachers = teachers_of(name, mlp_teacher)
     whole = mlp_student()
-    Trainer(config, CPU).fit(whole, build_method(name, {}, THREAT, seed=3), few_digits, teacher=mlp_teacher, seed=3)
+    Trainer(config, CPU).fit(whole, build_method(name, {}, THREAT, seed=3), few_digits, teacher=teachers, seed=3)
     with pytest.raises(Interrupted):
         Trainer(config, CPU, tmp_path, on_epoch=interrupt_after(1)).fit(
-            mlp_student(), build_method(name, {}, THREAT, seed=3), few_digits, teacher=mlp_teacher, seed=3)
+            mlp_student(), build_method(name, {}, THREAT, seed=3), few_digits, teacher=teachers, seed=3)
     resumed = mlp_student()
     Trainer(config, CPU, tmp_path).fit(resumed, build_method(name, {}, THREAT, seed=3), few_digits,
-                                       teacher=mlp_teacher, seed=3)
+                                       teacher=teachers, seed=3)
     for (key, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), key
 
