@@ -5,6 +5,7 @@ Adversarial examples are replayed from the same seeded generator (as test_method
 or rebuilt here step by step; the losses themselves are recomputed with explicit loops.
 """
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -364,6 +365,10 @@ def test_gradients_reach_the_student_only(setup, name):
     method = build_method(name, {}, ThreatModel(eps=0.1), seed=1)
     method.prepare(student, teacher)
     batch = batch_for(teacher, x, y, epoch=9, epochs=10)
+    roles = METHODS.get(name).teacher_roles  # a multi-teacher method: the teacher in each of its roles
+    if roles:
+        batch = dataclasses.replace(batch, teachers={role: teacher for role in roles},
+                                    teachers_logits={role: batch.teacher_logits for role in roles})
     for _ in range(2):
         student.zero_grad()
         scalar(method.loss(student, batch)).backward()

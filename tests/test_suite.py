@@ -72,8 +72,12 @@ def test_run_identity_ignores_evaluation_but_not_training():
 def test_embedded_suite_validates():
     suite = load_suite(ROOT / "suites" / "digits.yaml")
     _, runs = expand(suite)
-    assert {r.method.method for r in runs} == set(builtin_names(METHODS))  # every built-in method, from the registry
+    one_teacher = {name for name in builtin_names(METHODS) if not METHODS.get(name).teacher_roles}
+    assert {r.method.method for r in runs} == one_teacher  # every built-in one-teacher method, from the registry
     assert len({r.student.name for r in runs}) >= 2
+    # the methods that distill a teacher group run in the digits-mtard variant
+    _, group_runs = expand(load_suite(ROOT / "suites" / "digits-mtard.yaml"))
+    assert {r.method.method for r in group_runs} >= set(builtin_names(METHODS)) - one_teacher
 
 
 def test_cli_validate_broken_suite_exits_2_with_one_line(tmp_path):
