@@ -98,12 +98,15 @@ def test_runs_without_a_teacher_start_while_it_trains(tmp_path):
     run_suite(suite, tmp_path)
     (teacher_dir,) = (tmp_path / store.TEACHERS).iterdir()
     ready = (teacher_dir / store.TEACHER).stat().st_mtime
-    finished = {}
+    started, finished = {}, {}  # config.json is written when a run starts, metrics.json when it ends
     for directory in (tmp_path / store.RUNS).iterdir():
         method = store.read_json(directory / store.CONFIG)["method"]
+        started.setdefault(method, []).append((directory / store.CONFIG).stat().st_mtime)
         finished.setdefault(method, []).append((directory / store.METRICS).stat().st_mtime)
     assert len(finished["natural"]) == len(finished["kd"]) == 2
-    assert max(finished["natural"]) < ready < min(finished["kd"])  # natural ran beside the teacher
+    # a natural run started while the teacher was still training (in phases, none could start
+    # before it was ready); which of them also finishes first is a race that depends on the load
+    assert min(started["natural"]) < ready < min(started["kd"]) <= min(finished["kd"])
 
 
 # -- one GPU per local worker ------------------------------------------------------------------
