@@ -1,8 +1,8 @@
 """Shared pieces of the speed benchmarks in bench/ (not a test, not part of the package).
 
-- ``trainer_step``: rkbench's per-batch training step, put together from the package's own pieces
-  (``augment``, ``Batch``, the teacher forward under no_grad, ``method.loss``, the optimizer from
-  ``make_optimizer``) in the order rkbench/train.py runs them.
+- ``trainer_step``: one batch of rkbench's training loop: ``augment``, the teacher forward once
+  (``rkbench.train.teacher_outputs``) and the trainer's own per-student step
+  (``rkbench.train.train_step``), each timed.
 - ``Probe``: counts passes with hooks, per phase (attack / teacher / update): student and teacher
   forwards (with and without a graph), and backward traversals of each forward's graph.
 - ``timed_attacks``: monkeypatches the training attacks (``pgd_attack``, ``kl_attack``) wherever a
@@ -14,6 +14,7 @@ import ast
 import contextlib
 import functools
 import json
+import math
 import os
 import platform
 import statistics
@@ -28,12 +29,12 @@ from torch import nn
 
 from rkbench.data import TensorDataset, load_dataset
 from rkbench.data.augment import augment
-from rkbench.methods import Batch, total_loss
+from rkbench.methods import Batch
 from rkbench.models import build_model
 from rkbench.performance import Performance
 from rkbench.suite import TrainingConfig
-from rkbench.train import lr_factor
 from rkbench.train import teacher_outputs as train_teacher_outputs
+from rkbench.train import train_step
 
 DEFAULT_NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-slice.npz"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -274,19 +275,10 @@ def trainer_step(student, method, teacher, optimizer, base_lrs, config, x_clean,
     with phases.phase("teacher"):
         teacher_outputs(teacher, method, batch, performance)
     teacher_done = time.perf_counter()
-    finite = True
-    with phases.phase("update"):
-        for replay in range(method.replays):
-            factor = lr_factor(config.schedule, (step + replay) / steps_per_epoch, epochs)
-            for group, base_lr in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base_lr * factor
-            with performance.autocast():
-                loss, _ = total_loss(method.loss(student, batch))
-            finite = finite and bool(torch.isfinite(loss))  # the trainer raises here; the bench goes on
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss.item()
+    with phases.phase("update"):  # the trainer's own step; a non-finite loss is reported, not raised
+        losses = train_step(student, method, batch, optimizer, base_lrs, config.schedule, step, steps_per_epoch,
+                            epochs, performance, check_finite=False)
+    finite = all(math.isfinite(loss) for loss, _ in losses)
     done = time.perf_counter()
     return {"data": data_done - started, "teacher_block": teacher_done - data_done, "loss_phase": done - teacher_done,
             "attack": phases.attack_seconds - attack_before, "total": done - started, "finite": finite}

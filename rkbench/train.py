@@ -304,7 +304,7 @@ class Trainer:
                 for state in running:
                     started = time.perf_counter()
                     try:
-                        self._replays(state, batch, step, steps_per_epoch, epochs, replays, performance)
+                        self._replays(state, batch, step, steps_per_epoch, epochs, performance)
                     except Exception as exc:  # this student fails; the others go on
                         state.job.error = exc
                     state.epoch_seconds += shared + time.perf_counter() - started
@@ -337,23 +337,40 @@ class Trainer:
         return jobs
 
     def _replays(self, state: _JobState, batch: Batch, step: int, steps_per_epoch: int, epochs: int,
-                 replays: int, performance: Performance) -> None:
-        job, optimizer = state.job, state.optimizer
-        for replay in range(replays):
-            factor = lr_factor(self.config.schedule, (step + replay) / steps_per_epoch, epochs)
-            for group, base_lr in zip(optimizer.param_groups, state.base_lrs):
-                group["lr"] = base_lr * factor
-            with performance.autocast():  # attack, forward and loss; the backward runs outside
-                loss, terms = total_loss(job.method.loss(state.runnable, batch))
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss.item()} at epoch {batch.epoch + 1}, step {step + replay}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            state.loss_sum += loss.item()
+                 performance: Performance) -> None:
+        for loss, terms in train_step(state.runnable, state.job.method, batch, state.optimizer, state.base_lrs,
+                                      self.config.schedule, step, steps_per_epoch, epochs, performance):
+            state.loss_sum += loss
             state.loss_count += 1
-            for name, term in (terms or {}).items():
-                state.term_sums[name] = state.term_sums.get(name, 0.0) + term.item()
+            for name, value in terms.items():
+                state.term_sums[name] = state.term_sums.get(name, 0.0) + value
+
+
+def train_step(student: nn.Module, method: Method, batch: Batch, optimizer: torch.optim.Optimizer,
+               base_lrs: list[float], schedule, step: int, steps_per_epoch: int, epochs: int,
+               performance: Performance, check_finite: bool = True) -> list[tuple[float, dict[str, float]]]:
+    """One student's training on one batch: for each of the method's replays (the free family
+    replays a batch ``method.replays`` times), the scheduled learning rate, the method's loss (its
+    attack included) under the training section's autocast, a finite check (``TrainingDiverged``),
+    and one optimizer step. Returns each replay's loss and named loss terms.
+
+    ``batch`` already holds the augmented clean inputs and the teacher's outputs (computed once per
+    batch for every student trained in lock-step). The trainer runs this for every student and
+    batch; bench/ runs it to time exactly the trainer's step."""
+    done = []
+    for replay in range(method.replays):
+        factor = lr_factor(schedule, (step + replay) / steps_per_epoch, epochs)
+        for group, base_lr in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base_lr * factor
+        with performance.autocast():  # attack, forward and loss; the backward runs outside
+            loss, terms = total_loss(method.loss(student, batch))
+        if check_finite and not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss.item()} at epoch {batch.epoch + 1}, step {step + replay}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        done.append((loss.item(), {name: term.item() for name, term in (terms or {}).items()}))
+    return done
 
 
 def teacher_outputs(teacher: nn.Module, batch: Batch, with_features: bool, performance: Performance) -> None:
