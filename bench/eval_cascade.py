@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from rkbench.api import evaluate
-from rkbench.store import METRICS, iter_result_dirs, read_json
+from rkbench.record import current_record
+from rkbench.store import iter_result_dirs
 
 
 def main() -> None:
@@ -34,11 +35,11 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     attacks = args.attacks.split(",")
     rows = []
-    runs = [d for d in iter_result_dirs(args.results_dir) if (d / METRICS).is_file()][: args.max_runs]
+    records = [(d, current_record(d)) for d in iter_result_dirs(args.results_dir)]
+    runs = [(d, record) for d, record in records if record is not None and record.finished][: args.max_runs]
     print(f"{'run':<40} {'cascade s':>10} {'exact s':>10} {'ratio':>7}  same worst case")
-    for run in runs:
-        metrics = read_json(run / METRICS)
-        name = f"{metrics.get('student')} <- {metrics.get('method')}"
+    for run, record in runs:
+        name = f"{record.student} <- {record.method}"
         timings, worst = {}, {}
         for cascade in (True, False):
             started = time.perf_counter()

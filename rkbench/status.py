@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import store
+from .record import current_record
 
 JOBS = Path("slurm") / "jobs.json"
 
@@ -71,12 +72,12 @@ def status_rows(results_dir: Path) -> list[Row]:
     rows = []
     for key, (kind, directory) in sorted(entries.items(), key=lambda item: (item[1][0] != "teacher", item[0])):
         job = (jobs.get(key) or {}).get("job")
-        metrics = store.read_json_or_none(directory / store.METRICS)
+        record = current_record(directory)
         owner = store.lock_owner(directory)
         row = Row(kind, key, _name(directory, kind), "not started", job)
-        if metrics and metrics.get("status") in ("finished", "failed"):
-            row.state = metrics["status"]
-            row.detail = metrics.get("error") or ""
+        if record is not None:
+            row.state = record.status
+            row.detail = record.error or ""
         elif owner is not None:
             row.state = "running"
             row.detail = f"on {owner.get('host')} (pid {owner.get('pid')}" + (

@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -210,78 +209,6 @@ def iter_result_dirs(results_dir: Path, kind: str = RUNS):
     base = Path(results_dir) / kind
     if base.is_dir():
         yield from sorted(p for p in base.iterdir() if p.is_dir())
-
-
-# ----------------------------------------------------------------------------------------------
-# the schema of metrics.json, checked whenever results are read back (reports, leaderboards)
-
-Accuracy = Annotated[float, Field(ge=0, le=1)]
-
-
-class RunMetrics(BaseModel):
-    """What a run's (or a teacher's) ``metrics.json`` must hold to be reported. Fields the runner
-    adds later are allowed; a file that breaks these types is not an rkbench result."""
-
-    model_config = ConfigDict(extra="allow")
-
-    run_id: str = Field(min_length=1)
-    status: Literal["finished", "failed"]
-    error: str | None = None
-    teacher: str | None = None
-    student: str | None = None
-    method: str | None = None
-    seed: int | None = None
-    n_examples: int | None = Field(None, ge=0)
-    clean_accuracy: Accuracy | None = None
-    robust_accuracy: dict[str, Accuracy | None] = Field(default_factory=dict)
-    worst_case_accuracy: Accuracy | None = None
-    train_seconds: float | None = Field(None, ge=0)
-    parameters: int | None = Field(None, ge=0)
-    flags: list[dict] | None = None
-
-
-def read_metrics(directory: Path) -> tuple[dict | None, str | None]:
-    """(metrics, None) for a valid ``metrics.json``; (None, None) when there is none yet (a run in
-    progress); (None, reason) for a corrupt or foreign file."""
-    path = Path(directory) / METRICS
-    if not path.is_file():
-        return None, None
-    try:
-        data = read_json(path)
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, f"unreadable ({type(exc).__name__})"
-    except json.JSONDecodeError as exc:
-        return None, f"not JSON (line {exc.lineno}: {exc.msg})"
-    if not isinstance(data, dict):
-        return None, f"not an rkbench metrics file (a JSON {type(data).__name__}, not an object)"
-    try:
-        RunMetrics.model_validate(data)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"]) or "file"
-        return None, f"not an rkbench metrics file ({where}: {error['msg']})"
-    if data["run_id"] != Path(directory).name:
-        return None, f"run_id {data['run_id']!r} does not match its directory (a copied file?)"
-    return data, None
-
-
-_REPORTED: set[tuple] = set()
-
-
-def load_valid_metrics(directory: Path) -> dict | None:
-    """Validated metrics or None; a corrupt or foreign file gets one line on stderr (once per
-    process and file version) and is skipped, never an exception."""
-    metrics, problem = read_metrics(directory)
-    if problem:
-        path = Path(directory) / METRICS
-        try:
-            key = (str(path), path.stat().st_mtime_ns)
-        except OSError:
-            key = (str(path), None)
-        if key not in _REPORTED:
-            _REPORTED.add(key)
-            print(f"warning: skipped {path}: {problem}", file=sys.stderr)
-    return metrics
 
 
 # ----------------------------------------------------------------------------------------------

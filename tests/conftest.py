@@ -111,6 +111,19 @@ def trained_cnn(digits):
     return model.eval()
 
 
+def records(results: Path, kind: str = "runs") -> dict:
+    """Run id -> record of every run (or teacher, ``kind="teachers"``) under ``results``, read through
+    the run record's schema: a file that does not validate fails the test."""
+    from rkbench.record import read_record
+
+    out = {}
+    for directory in sorted((Path(results) / kind).iterdir()):
+        record, problem = read_record(directory)
+        assert problem is None and record is not None, f"{directory}: {problem or 'no metrics.json'}"
+        out[directory.name] = record
+    return out
+
+
 def builtin_names(registry) -> list[str]:
     """The names registered by rkbench itself (not by a test or a plugin), at collection time."""
     return [entry.name for entry in registry if getattr(entry.obj, "__module__", "").startswith("rkbench.")]

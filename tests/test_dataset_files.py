@@ -16,6 +16,8 @@ from rkbench.cli import main
 from rkbench.data import DATASETS, load_dataset
 from rkbench.errors import DataUnavailableError
 
+from conftest import records
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
@@ -209,7 +211,7 @@ def test_an_imagefolder_suite_runs_end_to_end(tmp_path):
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
     assert result.exit_code == 0, result.output
-    metrics = [json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").glob("*/metrics.json")]
+    metrics = [record.model_dump() for record in records(tmp_path / "results").values()]
     assert len(metrics) == 2 and all(m["status"] == "finished" and m["n_examples"] == 30 for m in metrics)
     assert max(m["clean_accuracy"] for m in metrics) > 0.6  # three colours are learnable; chance is 1/3
     board = (tmp_path / "results" / "leaderboard.csv").read_text()

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from rkbench.cli import main
 from rkbench.models import build_model
 
-from conftest import tiny_suite_dict
+from conftest import records, tiny_suite_dict
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +63,13 @@ def test_run_directories_hold_config_metrics_checkpoint_log(finished):
     assert len(runs) == 8
     for run in runs:
         assert {"config.json", "metrics.json", "student.pt", "log.txt", "per_example.npz"} <= {p.name for p in run.iterdir()}
-        metrics = json.loads((run / "metrics.json").read_text())
-        assert metrics["run_id"] == run.name and metrics["n_examples"] == 100
         assert not list(run.glob("*.tmp")) and not (run / "checkpoint.pt").exists()
+    for run_id, record in records(results).items():
+        assert record.run_id == run_id and record.n_examples == 100
     teachers = list((results / "teachers").iterdir())
     assert len(teachers) == 1 and (teachers[0] / "teacher.pt").is_file()
-    teacher = json.loads((teachers[0] / "metrics.json").read_text())
-    assert (teacher["protocol"], teacher["attack_mode"]) == ("eval", "eval")
+    (teacher,) = records(results, "teachers").values()
+    assert (teacher.protocol, teacher.attack_mode) == ("eval", "eval")
     config = json.loads((teachers[0] / "config.json").read_text())
     assert config["identity"]["protocol"] == {"attack_mode": "eval"}
 
@@ -78,25 +78,21 @@ def test_named_loss_terms_reach_metrics_and_the_log(finished):
     """ard names its terms (kl; ce only when alpha < 1): one mapping per epoch in metrics.json, and in
     each epoch's log line; methods that return one scalar record none."""
     _, results, _ = finished
-    by_method = {}
-    for run in (results / "runs").iterdir():
-        by_method.setdefault(json.loads((run / "metrics.json").read_text())["method"], run)
-    ard = json.loads((by_method["ard"] / "metrics.json").read_text())
-    assert [list(epoch) for epoch in ard["loss_terms"]] == [["kl"]] and ard["loss_terms"][0]["kl"] > 0
-    assert f"[kl {ard['loss_terms'][0]['kl']:.4f}]" in (by_method["ard"] / "log.txt").read_text()
-    assert "loss_terms" not in json.loads((by_method["natural"] / "metrics.json").read_text())
+    by_method = {record.method: record for record in records(results).values()}
+    ard = by_method["ard"]
+    assert [list(epoch) for epoch in ard.loss_terms] == [["kl"]] and ard.loss_terms[0]["kl"] > 0
+    assert f"[kl {ard.loss_terms[0]['kl']:.4f}]" in (results / "runs" / ard.run_id / "log.txt").read_text()
+    assert by_method["natural"].loss_terms is None
 
 
 def test_metrics_match_the_saved_student(finished, digits):
     _, results, _ = finished
-    run = next(p for p in (results / "runs").iterdir()
-               if json.loads((p / "metrics.json").read_text())["method"] == "natural")
-    metrics = json.loads((run / "metrics.json").read_text())
-    model = build_model(metrics["model"], 10, (1, 8, 8), **({"hidden": 32} if metrics["model"] == "mlp" else {}))
-    model.load_state_dict(torch.load(run / "student.pt", weights_only=True))
+    record = next(r for r in records(results).values() if r.method == "natural")
+    model = build_model(record.model, 10, (1, 8, 8), **({"hidden": 32} if record.model == "mlp" else {}))
+    model.load_state_dict(torch.load(results / "runs" / record.run_id / "student.pt", weights_only=True))
     with torch.no_grad():
         clean = (model.eval()(digits.x_test[:100]).argmax(1) == digits.y_test[:100]).float().mean().item()
-    assert clean == pytest.approx(metrics["clean_accuracy"])
+    assert clean == pytest.approx(record.clean_accuracy)
 
 
 @pytest.mark.parametrize("fmt", ["md", "csv", "json"])

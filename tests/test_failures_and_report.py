@@ -11,9 +11,12 @@ import yaml
 from click.testing import CliRunner
 
 from rkbench.cli import main
+from rkbench.record import RunRecord
 from rkbench.methods import METHODS
 from rkbench.methods.base import Method
 from rkbench.registry import Entry
+
+from conftest import records
 
 BROKEN = {"raise": True}
 
@@ -56,11 +59,7 @@ def run(path, results, *extra):
 
 
 def by_method(results) -> dict:
-    out = {}
-    for path in (results / "runs").glob("*/metrics.json"):
-        metrics = json.loads(path.read_text())
-        out[metrics["method"]] = metrics
-    return out
+    return {record.method: record.model_dump() for record in records(results).values()}
 
 
 def test_diverging_and_raising_runs_are_failed_with_their_reason_and_retried(broken_methods, tmp_path):
@@ -93,10 +92,10 @@ def write_metrics(results, run_id: str, text: str) -> None:
 
 
 def valid(run_id: str, **changes) -> str:
-    metrics = {"run_id": run_id, "status": "finished", "teacher": "-", "student": "mlp", "method": "natural",
-               "seed": 0, "n_examples": 10, "clean_accuracy": 0.9, "robust_accuracy": {"pgd20": 0.5},
-               "worst_case_accuracy": 0.5, "train_seconds": 1.0, "parameters": 100}
-    return json.dumps({**metrics, **changes})
+    record = RunRecord(run_id=run_id, status="finished", teacher="-", student="mlp", method="natural", seed=0,
+                       n_examples=10, clean_accuracy=0.9, robust_accuracy={"pgd20": 0.5}, worst_case_accuracy=0.5,
+                       train_seconds=1.0, parameters=100)
+    return json.dumps({**record.model_dump(mode="json", exclude_none=True), **changes})
 
 
 def test_report_skips_corrupt_and_foreign_result_files(tmp_path):

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from rkbench.methods import Batch, build_method
-from rkbench.models import build_model
 from rkbench.threat import ThreatModel
 
 from conftest import scalar

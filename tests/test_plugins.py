@@ -18,7 +18,7 @@ from rkbench.cli import main
 from rkbench.errors import RkbenchError
 from rkbench.registry import Registry
 
-from conftest import registries_restored, tiny_suite_dict
+from conftest import records, registries_restored, tiny_suite_dict
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_method.py"
 
@@ -61,10 +61,7 @@ def test_runner_counts_madds_and_records_diagnostics(plugin_run):
     from rkbench.models.complexity import count_madds
 
     results, _ = plugin_run
-    by_method = {}
-    for path in (results / "runs").glob("*/metrics.json"):
-        metrics = json.loads(path.read_text())
-        by_method[metrics["method"]] = metrics
+    by_method = {record.method: record.model_dump(exclude_none=True) for record in records(results).values()}
     expected = count_madds(build_model("mlp", 10, (1, 8, 8), hidden=32), (1, 8, 8))
     assert expected == 64 * 32 + 32 * 32 + 32 * 10
     assert by_method["akd"]["madds"] == expected and by_method["at"]["madds"] == expected
@@ -78,8 +75,8 @@ def test_runner_counts_madds_and_records_diagnostics(plugin_run):
     assert row["grad_cosine"] == pytest.approx(diagnostics["grad_cosine"])
     assert row["transfer_accuracy"] == pytest.approx(100 * diagnostics["transfer_accuracy"])
     assert pd.isna(frame[frame["method"] == "at"].iloc[0]["grad_cosine"])
-    teacher = json.loads(next((results / "teachers").glob("*/metrics.json")).read_text())
-    assert teacher["madds"] == count_madds(build_model("cnn_tiny", 10, (1, 8, 8)), (1, 8, 8))
+    (teacher,) = records(results, "teachers").values()
+    assert teacher.madds == count_madds(build_model("cnn_tiny", 10, (1, 8, 8)), (1, 8, 8))
 
 
 def test_notebook_api_on_the_same_results(plugin_run):

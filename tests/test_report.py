@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from rkbench.cli import main
+from rkbench.record import RunRecord, write_record
 from rkbench.report import collect, leaderboard, render, write_leaderboard
 from rkbench.report.plots import pareto_front
 
@@ -35,17 +36,17 @@ def write_run(base: Path, run_id: str, method: str, seed: int, student: str, cle
               train_s: float = 1.0, protocol: str = "eval"):
     directory = base / "runs" / run_id
     directory.mkdir(parents=True)
-    metrics = {"run_id": run_id, "teacher": "tA" if teacher else "-", "student": student, "method": label or method,
-               "seed": seed, "model": student, "protocol": protocol, "attack_mode": MODES.get(method), "status": status, "error": None, "train_seconds": train_s,
-               "parameters": {"mlp": 26122, "cnn_tiny": 5226}[student],
-               "madds": {"mlp": 25856, "cnn_tiny": 83264}[student]}
+    fields = {"run_id": run_id, "teacher": "tA" if teacher else "-", "student": student, "method": label or method,
+              "seed": seed, "model": student, "protocol": protocol, "attack_mode": MODES.get(method), "status": status,
+              "train_seconds": train_s, "parameters": {"mlp": 26122, "cnn_tiny": 5226}[student],
+              "madds": {"mlp": 25856, "cnn_tiny": 83264}[student]}
     if status == "finished":
-        metrics.update({"clean_accuracy": clean, "robust_accuracy": {"pgd20": pgd, "aa": None},
-                        "worst_case_accuracy": worst, "n_examples": 100,
-                        "flags": [{"code": code, "detail": f"{code} detail"} for code in flags]})
+        fields.update({"clean_accuracy": clean, "robust_accuracy": {"pgd20": pgd, "aa": None},
+                       "worst_case_accuracy": worst, "n_examples": 100,
+                       "flags": [{"code": code, "detail": f"{code} detail"} for code in flags]})
     else:
-        metrics["error"] = "RuntimeError: exploded"
-    (directory / "metrics.json").write_text(json.dumps(metrics))
+        fields["error"] = "RuntimeError: exploded"
+    write_record(directory, RunRecord(**fields))
     (directory / "config.json").write_text(json.dumps(
         {"run_id": run_id, "identity": identity(method, seed, student, teacher, protocol), "suite": suite}))
 
@@ -53,10 +54,10 @@ def write_run(base: Path, run_id: str, method: str, seed: int, student: str, cle
 def write_teacher(base: Path):
     directory = base / "teachers" / "teacher01"
     directory.mkdir(parents=True)
-    (directory / "metrics.json").write_text(json.dumps({
-        "run_id": "teacher01", "teacher": "tA", "source": "train", "model": "cnn_small", "status": "finished",
-        "clean_accuracy": 0.99, "robust_accuracy": {"pgd20": 0.80, "aa": None}, "worst_case_accuracy": 0.75,
-        "parameters": 62506, "madds": 937216, "flags": []}))
+    write_record(directory, RunRecord(
+        run_id="teacher01", teacher="tA", source="train", model="cnn_small", status="finished",
+        clean_accuracy=0.99, robust_accuracy={"pgd20": 0.80, "aa": None}, worst_case_accuracy=0.75,
+        parameters=62506, madds=937216, flags=[]))
     (directory / "config.json").write_text(json.dumps({"teacher": "tA", "identity": TEACHER_IDENTITY}))
 
 
@@ -223,8 +224,8 @@ def test_csv_columns_are_stable_and_json_has_a_schema(dirs, tmp_path):
     out = tmp_path / "board.csv"
     assert CliRunner().invoke(main, ["report", str(a), "--format", "csv", "--out", str(out)]).exit_code == 0
     header = out.read_text().splitlines()[0].split(",")
-    assert header == ["teacher", "student", "method", "attack_mode", "seeds", "clean", "clean_std", "clean_lo", "clean_hi", "pgd20",
-                      "pgd20_std", "pgd20_lo", "pgd20_hi", "aa", "aa_std", "aa_lo", "aa_hi", "worst_case",
+    assert header == ["teacher", "student", "method", "attack_mode", "seeds", "clean", "clean_std", "clean_lo", "clean_hi", "aa",
+                      "aa_std", "aa_lo", "aa_hi", "pgd20", "pgd20_std", "pgd20_lo", "pgd20_hi", "worst_case",
                       "worst_case_std", "worst_case_lo", "worst_case_hi", "worst_class", "worst_class_std",
                       "teacher_clean", "teacher_worst_case", "transfer_ratio", "delta_at", "train_s", "params",
                       "madds", "protocol", "flags", "status", "cascade", "seed_list", "run_id"]
@@ -234,8 +235,8 @@ def test_csv_columns_are_stable_and_json_has_a_schema(dirs, tmp_path):
     # the interval pools the 3 seeds' 100 examples each: 186 of 300 correct, Wilson 95 %
     assert (ard["worst_case_lo"], ard["worst_case_hi"]) == (pytest.approx(56.39), pytest.approx(67.31))
     per_seed = CliRunner().invoke(main, ["report", str(a), "--format", "csv", "--per-seed"]).stdout
-    assert per_seed.splitlines()[0].startswith("teacher,student,method,attack_mode,seed,clean,clean_lo,clean_hi,pgd20,pgd20_lo,"
-                                               "pgd20_hi,aa,aa_lo,aa_hi,worst_case,worst_case_lo,worst_case_hi,"
+    assert per_seed.splitlines()[0].startswith("teacher,student,method,attack_mode,seed,clean,clean_lo,clean_hi,aa,aa_lo,aa_hi,"
+                                               "pgd20,pgd20_lo,pgd20_hi,worst_case,worst_case_lo,worst_case_hi,"
                                                "worst_class,")
     document = json.loads(CliRunner().invoke(main, ["report", str(a), "--format", "json"]).stdout)
     assert document["schema_version"] == 3 and document["view"] == "aggregated"
@@ -250,7 +251,7 @@ def test_markdown_renders_as_one_github_table(dirs):
     text = render(leaderboard(a), "md")
     note, table = text.split("\n\n")[0], text.split("\n\n")[1].splitlines()
     assert note.startswith("Training-attack protocol: eval;")  # one protocol: a line, not a column
-    assert table[0].startswith("| teacher | student | method | attack_mode | seeds | clean | pgd20 | aa | worst_case |")
+    assert table[0].startswith("| teacher | student | method | attack_mode | seeds | clean | aa | pgd20 | worst_case |")
     assert "| protocol |" not in text
     assert re.fullmatch(r"\|(---:?\|)+", table[1])
     cells = {len(re.findall(r"(?<!\\)\|", line)) for line in table}

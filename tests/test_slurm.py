@@ -18,6 +18,8 @@ import yaml
 from click.testing import CliRunner
 
 from rkbench.cli import main
+
+from conftest import records
 from test_runs_survive import SUITE, metrics_of
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("one_thread")]
@@ -184,7 +186,7 @@ def test_a_run_failing_for_its_own_reason_ends_failed_and_is_not_requeued(cluste
     results = tmp_path / "results"
     result = CliRunner().invoke(main, ["run", str(suite), "--results-dir", str(results), *SLURM])
     assert result.exit_code == 1
-    (metrics,) = [json.loads(p.read_text()) for p in (results / "runs").glob("*/metrics.json")]
+    (metrics,) = [record.model_dump() for record in records(results).values()]
     assert metrics["status"] == "failed" and "holds out 5000 examples" in metrics["error"]
     job_logs = "".join(p.read_text() for p in (results / "slurm").glob("*/*_log.*"))
     assert "Requeued" not in job_logs

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from scipy import stats as scipy_stats
 
 from rkbench.cli import main
+from rkbench.record import RunRecord, write_record
 from rkbench.report import compare_report, report
 from rkbench.report.stats import (detectable_difference, holm, mcnemar_p, paired, paired_difference_interval, verdict,
                                   wilson)
@@ -128,12 +129,11 @@ def write_run(base: Path, run_id: str, method: str, seed: int, clean: np.ndarray
     directory = base / "runs" / run_id
     directory.mkdir(parents=True)
     worst = clean & pgd
-    metrics = {"run_id": run_id, "teacher": teacher or "-", "student": student, "method": method, "seed": seed,
-               "model": student, "status": "finished", "error": None, "train_seconds": 1.0, "parameters": 100,
-               "n_examples": n_examples or len(clean), "clean_accuracy": float(clean.mean()),
-               "robust_accuracy": {"pgd20": float(pgd.mean())}, "worst_case_accuracy": float(worst.mean()),
-               "threat": threat, "flags": []}
-    (directory / "metrics.json").write_text(json.dumps(metrics))
+    write_record(directory, RunRecord(
+        run_id=run_id, teacher=teacher or "-", student=student, method=method, seed=seed, model=student,
+        status="finished", train_seconds=1.0, parameters=100, n_examples=n_examples or len(clean),
+        clean_accuracy=float(clean.mean()), robust_accuracy={"pgd20": float(pgd.mean())},
+        worst_case_accuracy=float(worst.mean()), threat=threat, flags=[]))
     identity = {"dataset": {"name": "digits", "options": {}}, "threat": threat,
                 "teacher": {"name": teacher} if teacher else None, "student": {"model": student},
                 "method": {"name": method, "params": {}}, "seed": seed}

@@ -6,13 +6,14 @@ from click.testing import CliRunner
 
 from rkbench import store
 from rkbench.cli import main
+from rkbench.record import RunRecord, write_record
 
 
 def test_status_reads_each_state_from_the_files(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", "")  # no squeue here: states come from the files alone
     runs = tmp_path / store.RUNS
     for run_id, metrics in {"a1": {"status": "finished"}, "b2": {"status": "failed", "error": "ValueError: bad"}}.items():
-        store.write_json(runs / run_id / store.METRICS, {"run_id": run_id, **metrics})
+        write_record(runs / run_id, RunRecord(run_id=run_id, **metrics))
         store.write_json(runs / run_id / store.CONFIG, {"student": "mlp", "method": "kd", "teacher": "t"})
     (runs / "c3").mkdir()
     (runs / "c3" / store.CHECKPOINT).write_bytes(b"x")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RkbenchError
+from ..record import RunRecord
 from ..store import CLEAN, EVALUATED, LABELS, PER_EXAMPLE
 
 
@@ -26,15 +27,15 @@ def read_arrays(run_directory: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
-def correctness(arrays: dict[str, np.ndarray], metrics: dict) -> dict[str, np.ndarray | None]:
+def correctness(arrays: dict[str, np.ndarray], record: RunRecord) -> dict[str, np.ndarray | None]:
     """metric -> per-example correctness: ``clean``, each attack of the run (None where the cascade
     ran it on survivors only: it has no accuracy of its own), ``worst_case``."""
     clean = arrays[CLEAN].astype(bool)
     out: dict[str, np.ndarray | None] = {CLEAN: clean}
     worst = clean.copy()
-    for label in metrics.get("robust_accuracy") or {}:
+    for label in record.robust_accuracy:
         if label not in arrays:
-            raise RkbenchError(f"per_example.npz of run {metrics.get('run_id')} has no array for attack {label!r}")
+            raise RkbenchError(f"per_example.npz of run {record.run_id} has no array for attack {label!r}")
         correct = arrays[label].astype(bool)
         evaluated = arrays.get(label + EVALUATED, np.ones_like(correct)).astype(bool)
         out[label] = correct if evaluated.all() else None
@@ -48,13 +49,13 @@ def labels(arrays: dict[str, np.ndarray]) -> np.ndarray | None:
     return None if value is None else value.astype(np.int64)
 
 
-def class_counts(run_directory: Path, metrics: dict, metric: str = "worst_case") -> dict[int, tuple[int, int]] | None:
+def class_counts(run_directory: Path, record: RunRecord, metric: str = "worst_case") -> dict[int, tuple[int, int]] | None:
     """class -> (examples correct under ``metric``, examples) of one run; None without labels."""
     arrays = read_arrays(run_directory)
     if arrays is None or LABELS not in arrays or CLEAN not in arrays:
         return None
     try:
-        correct = correctness(arrays, metrics).get(metric)
+        correct = correctness(arrays, record).get(metric)
     except RkbenchError:
         return None
     truth = labels(arrays)

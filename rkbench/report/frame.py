@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import RkbenchError
-from ..store import CONFIG, RUNS, TEACHERS, holds_results, iter_result_dirs, load_valid_metrics, read_json_or_none
+from ..record import RunRecord, load_valid_record
+from ..store import CONFIG, RUNS, TEACHERS, holds_results, iter_result_dirs, read_json_or_none
 from .examples import class_counts
 from .stats import wilson
 
@@ -126,16 +127,16 @@ def interval(accuracy: float, n) -> tuple[float, float]:
     return 100.0 * lo, 100.0 * hi
 
 
-def _accuracies(metrics: dict, attacks: list[str]) -> tuple[dict, list[str]]:
-    row, cascade = {"clean": percent(metrics.get("clean_accuracy"))}, []
-    for label, value in (metrics.get("robust_accuracy") or {}).items():
+def _accuracies(record: RunRecord, attacks: list[str]) -> tuple[dict, list[str]]:
+    row, cascade = {"clean": percent(record.clean_accuracy)}, []
+    for label, value in record.robust_accuracy.items():
         if label not in attacks:
             attacks.append(label)
         row[label] = percent(value)
         if value is None:  # run by the cascade on the examples still robust: no accuracy of its own
             cascade.append(label)
-    row["worst_case"] = percent(metrics.get("worst_case_accuracy"))
-    n = metrics.get("n_examples")
+    row["worst_case"] = percent(record.worst_case_accuracy)
+    n = record.n_examples
     for metric in list(row):
         row[f"{metric}_lo"], row[f"{metric}_hi"] = interval(row[metric], n)
     row["_n"] = n if n else np.nan
@@ -147,10 +148,10 @@ def attack_mode_label(mode) -> str:
     return {None: "-", "free": "n/a (free)"}.get(mode, str(mode))
 
 
-def _protocol_columns(metrics: dict) -> dict:
-    if "protocol" not in metrics:  # written before protocols existed
+def _protocol_columns(record: RunRecord) -> dict:
+    if record.protocol is None:  # written before protocols existed
         return {"protocol": PROTOCOL_UNKNOWN, "attack_mode": PROTOCOL_UNKNOWN}
-    return {"protocol": str(metrics["protocol"]), "attack_mode": attack_mode_label(metrics.get("attack_mode"))}
+    return {"protocol": record.protocol, "attack_mode": attack_mode_label(record.attack_mode)}
 
 
 def protocols(frame: pd.DataFrame) -> list[str]:
@@ -168,40 +169,35 @@ def _mark_mixed_protocols(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _flags(metrics: dict) -> list[dict]:
-    return [f for f in metrics.get("flags") or [] if isinstance(f, dict) and f.get("code")]
-
-
-def run_record(metrics: dict, config: dict | None, source: Path, attacks: list[str], diagnostics: list[str]) -> dict:
+def run_row(record: RunRecord, config: dict | None, source: Path, attacks: list[str], diagnostics: list[str]) -> dict:
+    """A run's row of the results frame: its record, its identity (config.json) and derived columns."""
     identity = (config or {}).get("identity") or {}
-    teacher = metrics.get("teacher") or NO_TEACHER
+    teacher = record.teacher or NO_TEACHER
     row = {"suite": (config or {}).get("suite") or source.name, "teacher": teacher,
-           "student": metrics.get("student"), "method": metrics.get("method"), "seed": metrics.get("seed"),
-           **_protocol_columns(metrics)}
-    accuracies, cascade = _accuracies(metrics, attacks)
+           "student": record.student, "method": record.method, "seed": record.seed, **_protocol_columns(record)}
+    accuracies, cascade = _accuracies(record, attacks)
     row.update(accuracies)
     for key, scale in DIAGNOSTICS.items():
-        value = (metrics.get("diagnostics") or {}).get(key)
+        value = (record.diagnostics or {}).get(key)
         if value is not None:
             if key not in diagnostics:
                 diagnostics.append(key)
             row[key] = scale * float(value)
-    row.update({"train_s": _number(metrics.get("train_seconds")), "params": _number(metrics.get("parameters")),
-                "madds": _number(metrics.get("madds"))})
-    failed = metrics.get("status") == "failed" or bool(metrics.get("error"))
-    row["status"] = f"failed: {metrics.get('error')}" if failed else metrics.get("status", "?")
+    row.update({"train_s": _number(record.train_seconds), "params": _number(record.parameters),
+                "madds": _number(record.madds)})
+    failed = not record.finished
+    row["status"] = f"failed: {record.error}" if failed else record.status
     row["cascade"] = " ".join(cascade)
-    row["run_id"] = metrics["run_id"]
-    flags = _flags(metrics)
-    row["_flags"] = [(f["code"], str(f.get("detail", ""))) for f in flags]
+    row["run_id"] = record.run_id
+    row["_flags"] = [(flag.code, flag.detail) for flag in record.flags or []]
     if identity:
         row["_group"] = digest({k: v for k, v in identity.items() if k != "seed"})
         row["_student_key"] = digest({k: identity.get(k) for k in ("dataset", "threat", "student")})
         row["_teacher_key"] = digest(identity["teacher"]) if identity.get("teacher") else None
         row["_method_name"] = (identity.get("method") or {}).get("name") or row["method"]
     else:  # no config.json (older or copied results): fall back on the names shown
-        row["_group"] = digest([row["suite"], teacher, row["student"], row["method"], metrics.get("model")])
-        row["_student_key"] = digest([row["student"], metrics.get("model")])
+        row["_group"] = digest([row["suite"], teacher, row["student"], row["method"], record.model])
+        row["_student_key"] = digest([row["student"], record.model])
         row["_teacher_key"] = None
         row["_method_name"] = row["method"]
     row["_finished"] = not failed and row["status"] == "finished"
@@ -209,15 +205,16 @@ def run_record(metrics: dict, config: dict | None, source: Path, attacks: list[s
     return row
 
 
-def teacher_record(metrics: dict, config: dict | None, source: Path, attacks: list[str]) -> dict:
+def teacher_row(record: RunRecord, config: dict | None, source: Path, attacks: list[str]) -> dict:
+    """A teacher's row of the teachers frame."""
     identity = (config or {}).get("identity")
-    row = {"teacher": metrics.get("teacher"), "model": metrics.get("model"), "source": metrics.get("source"),
-           "attack_mode": attack_mode_label(metrics.get("attack_mode"))}  # "-": not trained in the suite
-    accuracies, cascade = _accuracies(metrics, attacks)
+    row = {"teacher": record.teacher, "model": record.model, "source": record.source,
+           "attack_mode": attack_mode_label(record.attack_mode)}  # "-": not trained in the suite
+    accuracies, cascade = _accuracies(record, attacks)
     row.update(accuracies)
-    row.update({"params": _number(metrics.get("parameters")), "madds": _number(metrics.get("madds")),
-                "flags": flag_markers([[(f["code"], "") for f in _flags(metrics)]]),
-                "cascade": " ".join(cascade), "teacher_id": metrics["run_id"],
+    row.update({"params": _number(record.parameters), "madds": _number(record.madds),
+                "flags": flag_markers([[(flag.code, "") for flag in record.flags or []]]),
+                "cascade": " ".join(cascade), "teacher_id": record.run_id,
                 "_key": digest(identity) if identity else None, "_source": str(source)})
     return row
 
@@ -233,22 +230,22 @@ def collect(paths) -> Results:
     diagnostics: list[str] = []
     for directory in dirs:
         for run_directory in iter_result_dirs(directory, RUNS):
-            metrics = load_valid_metrics(run_directory)
-            if metrics is None:
+            record = load_valid_record(run_directory)
+            if record is None:
                 continue
-            record = run_record(metrics, read_json_or_none(run_directory / CONFIG), directory, attacks, diagnostics)
-            record.update(class_columns(run_directory, metrics) if record["_finished"] else class_columns(None, {}))
-            previous = runs.get(record["run_id"])
+            row = run_row(record, read_json_or_none(run_directory / CONFIG), directory, attacks, diagnostics)
+            row.update(class_columns(run_directory if row["_finished"] else None, record))
+            previous = runs.get(row["run_id"])
             if previous is not None:
-                duplicates.append(record["run_id"])
-                if previous["_finished"] or not record["_finished"]:
+                duplicates.append(row["run_id"])
+                if previous["_finished"] or not row["_finished"]:
                     continue  # keep the first finished copy
-            runs[record["run_id"]] = record
+            runs[row["run_id"]] = row
         for teacher_directory in iter_result_dirs(directory, TEACHERS):
-            metrics = load_valid_metrics(teacher_directory)
-            if metrics is not None and (str(directory), metrics["run_id"]) not in teachers:
-                teachers[(str(directory), metrics["run_id"])] = teacher_record(metrics, read_json_or_none(teacher_directory / CONFIG), directory,
-                                                             teacher_attacks)
+            record = load_valid_record(teacher_directory)
+            if record is not None and (str(directory), record.run_id) not in teachers:
+                teachers[(str(directory), record.run_id)] = teacher_row(
+                    record, read_json_or_none(teacher_directory / CONFIG), directory, teacher_attacks)
     teacher_frame = pd.DataFrame(list(teachers.values()))
     frame = pd.DataFrame(list(runs.values()))
     suites = list(dict.fromkeys(frame["suite"])) if not frame.empty else []
@@ -259,10 +256,10 @@ def collect(paths) -> Results:
     return results
 
 
-def class_columns(run_directory: Path | None, metrics: dict) -> dict:
+def class_columns(run_directory: Path | None, record: RunRecord) -> dict:
     """``worst_class`` (lowest per-class worst case, %) and the per-class counts behind it, from
     ``per_example.npz`` (NaN for runs written before labels were stored)."""
-    counts = class_counts(run_directory, metrics) if run_directory is not None else None
+    counts = class_counts(run_directory, record) if run_directory is not None else None
     if not counts:
         return {"worst_class": np.nan, "_class_counts": None}
     return {"worst_class": min(100.0 * k / n for k, n in counts.values()), "_class_counts": counts}

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import RkbenchError
-from ..store import CLEAN, CONFIG, RUNS, load_valid_metrics, read_json_or_none
+from ..record import load_valid_record
+from ..store import CLEAN, CONFIG, RUNS, read_json_or_none
 from .examples import correctness, labels, read_arrays
 from .frame import NO_TEACHER, Results
 from .stats import holm, paired, verdict, wilson
@@ -47,20 +48,20 @@ class RunArrays:
 
 def load_run(directory: Path) -> RunArrays:
     directory = Path(directory)
-    metrics = load_valid_metrics(directory)
-    if metrics is None:
+    record = load_valid_record(directory)
+    if record is None:
         raise RkbenchError(f"{directory}: no valid metrics.json (not a finished rkbench run)")
-    if metrics.get("status") != "finished":
-        raise RkbenchError(f"{directory}: the run failed ({metrics.get('error')}); nothing to compare")
+    if not record.finished:
+        raise RkbenchError(f"{directory}: the run failed ({record.error}); nothing to compare")
     arrays = read_arrays(directory)
     if arrays is None or CLEAN not in arrays:
         raise RkbenchError(f"{directory}: no readable per_example.npz (per-example results are needed for a "
                            f"paired test)")
     identity = (read_json_or_none(directory / CONFIG) or {}).get("identity") or {}
-    name = "/".join(str(metrics.get(k) or NO_TEACHER) for k in ("student", "teacher", "method"))
-    name += f" seed {metrics.get('seed')}"
-    return RunArrays(metrics["run_id"], directory, name, metrics.get("seed"), correctness(arrays, metrics),
-                     labels(arrays), metrics.get("threat"), identity.get("dataset"))
+    name = "/".join(str(value or NO_TEACHER) for value in (record.student, record.teacher, record.method))
+    name += f" seed {record.seed}"
+    return RunArrays(record.run_id, directory, name, record.seed, correctness(arrays, record),
+                     labels(arrays), record.threat, identity.get("dataset"))
 
 
 def check_same_examples(a: RunArrays, b: RunArrays) -> None:
