@@ -94,7 +94,7 @@ def prepare_teachers(suite: "Suite", results_dir: str, teacher_ids: list[str], t
     runner = _runner(suite, results_dir, False)
     plans = {plan.teacher_id: plan for plan in runner.teacher_plans}
     for teacher_id in teacher_ids:
-        runner.teacher(plans[teacher_id])
+        runner.teachers.get(plans[teacher_id])
     return teacher_ids
 
 
@@ -212,7 +212,7 @@ class LocalExecutor(Executor):
         from .runner import RunOutcome
 
         pending = pending_runs(runner, outcome)
-        teachers = [plan for plan in runner.needed_teachers() if not runner.teacher_ready(plan)]
+        teachers = [plan for plan in runner.needed_teachers() if not runner.teachers.ready(plan)]
         if not pending and not teachers:
             return
         threads = self.config.threads(runner.suite.training.threads, workers)
@@ -416,7 +416,7 @@ class SlurmExecutor(Executor):
         graph = config.cluster == "slurm"  # submitit's local backends know no job dependencies
 
         # 1. one job per teacher that is not ready yet
-        teachers = [plan for plan in runner.needed_teachers() if not runner.teacher_ready(plan)]
+        teachers = [plan for plan in runner.needed_teachers() if not runner.teachers.ready(plan)]
         teacher_jobs = {plan.teacher_id: executor.submit(Requeueable(prepare_teachers), runner.suite, results_dir,
                                                          [plan.teacher_id], threads) for plan in teachers}
         if teacher_jobs:

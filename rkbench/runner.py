@@ -1,9 +1,10 @@
-"""Plan a suite and run it: teachers first (trained once, cached), then every student run,
-skipping finished ones and resuming unfinished ones. Failures are recorded, never fatal."""
+"""Run execution: every student run of a planned suite, skipping finished ones and resuming
+unfinished ones, fresh runs with one teacher trained in lock-step. Teachers come from the
+``TeacherCache``, the evaluation from ``SuiteEvaluation``, and every outcome is written as one
+``RunRecord``. Failures are recorded, never fatal."""
 from __future__ import annotations
 
 import platform
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,14 +13,14 @@ from typing import Callable
 import torch
 
 from . import store
-from .attacks import build_attack
 from .data import TensorDataset, load_dataset
-from .evaluator import CLEAN, EvalResult, evaluate, reusable_previous, save_per_example
 from .methods import build_method
 from .models import build_model, count_parameters
 from .models.complexity import try_count_madds
-from .suite import RunSpec, Suite, TeacherPlan, expand
-from .teachers import TEACHER_SOURCES, TeacherContext
+from .record import RunRecord, current_record, write_record
+from .suite import RunSpec, Suite, expand
+from .suite_evaluation import SuiteEvaluation
+from .teacher_cache import TeacherCache
 from .train import TrainJob, Trainer, resolve_device
 
 
@@ -85,151 +86,36 @@ class SuiteRunner:
         self.teacher_plans, self.runs = expand(suite)
         self.device = resolve_device(suite.training.device)
         self._data: TensorDataset | None = None
-        self._teachers: dict[str, torch.nn.Module] = {}
+        # the reporter is looked up at each call: the CLI plugs its own in after planning
+        self.evaluation = SuiteEvaluation(suite, lambda: self.data, self.device,
+                                          lambda title: self.reporter.attack_callback(title))
+        self.teachers = TeacherCache(suite, self.results_dir, lambda: self.data, self.device, self.evaluation,
+                                     lambda text: self.reporter.message(text),
+                                     lambda title: self.reporter.epoch_callback(title))
 
-    # -- shared pieces ------------------------------------------------------------------------
     @property
     def data(self) -> TensorDataset:
         if self._data is None:
             self._data = load_dataset(self.suite.dataset.name, self.suite.dataset.options)
         return self._data
 
-    def eval_split(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.eval_count()
-        return self.data.x_test[:n].to(self.device), self.data.y_test[:n].to(self.device)
+    def needed_teachers(self):
+        """The teachers some run of the suite distills from (a group's members one by one)."""
+        return self.teachers.needed(self.runs, self.teacher_plans)
 
-    def eval_count(self) -> int:
-        """How many test examples the evaluation uses (without copying them anywhere)."""
-        n, available = self.suite.evaluation.n_examples, self.data.x_test.shape[0]
-        return available if n is None else min(n, available)
-
-    def attacks(self) -> dict:
-        return {a.label: build_attack(a.name, self.suite.threat, **a.options) for a in self.suite.evaluation.attacks}
-
-    def train_model(self, model, method_name: str, method_params: dict, training, seed: int, work_dir: Path | None,
-                    teacher=None, title: str = ""):
-        method = build_method(method_name, method_params, self.suite.threat, seed, self.suite.protocol.attack_mode)
-        log_path = work_dir / store.LOG if work_dir else None
-        trainer = Trainer(training, self.device, work_dir, on_epoch=self.reporter.epoch_callback(title),
-                          log=(lambda line: store.append_log(log_path, line)) if log_path else None)
-        return trainer.fit(model, method, self.data, teacher=teacher, seed=seed)
-
-    def evaluate_model(self, model, directory: Path, title: str) -> EvalResult:
-        x, y = self.eval_split()
-        evaluation = self.suite.evaluation
-        previous = reusable_previous(directory / store.PER_EXAMPLE, store.read_json_or_none(directory / store.METRICS),
-                                     self.suite.threat.model_dump(mode="json"), self.attack_configs())
-        result = evaluate(model.to(self.device), x, y, self.attacks(), evaluation.batch_size, previous=previous,
-                          exact=[a.label for a in evaluation.attacks if a.exact], cascade=evaluation.cascade,
-                          on_attack=self.reporter.attack_callback(title))
-        save_per_example(directory / store.PER_EXAMPLE, result)
-        return result
-
-    def evaluation_current(self, metrics: dict | None) -> bool:
-        """Whether recorded metrics already hold this suite's evaluation (same attacks, threat, examples)."""
-        if not metrics or metrics.get("n_examples") != self.eval_count():
-            return False
-        recorded = metrics.get("attacks", {})
-        exact = {a.label for a in self.suite.evaluation.attacks if a.exact or not self.suite.evaluation.cascade}
-        return (metrics.get("threat") == self.suite.threat.model_dump(mode="json")
-                and all(recorded.get(label) == config for label, config in self.attack_configs().items())
-                and all(metrics.get("robust_accuracy", {}).get(label) is not None for label in exact))
-
-    def attack_configs(self) -> dict:
-        return {a.label: {"name": a.name, **a.options} for a in self.suite.evaluation.attacks}
-
-    def accuracy_fields(self, result: EvalResult) -> dict:
-        labels = [a.label for a in self.suite.evaluation.attacks]
-        worst = result.worst_case([CLEAN, *labels])
-        return {"n_examples": result.n_examples, "clean_accuracy": result.clean_accuracy,
-                # None: run by the cascade on the examples still robust only (not an accuracy)
-                "robust_accuracy": {label: result.accuracy(label) for label in labels},
-                "attacked_fraction": {label: float(result.evaluated[label].mean()) for label in labels},
-                "worst_case_accuracy": float(worst.mean()),
-                "attack_seconds": {label: round(result.seconds.get(label, 0.0), 3) for label in labels},
-                "attacks": self.attack_configs(), "cascade": self.suite.evaluation.cascade,
-                "flags": result.flags,
-                "threat": self.suite.threat.model_dump(mode="json")}
-
-    # -- teachers -----------------------------------------------------------------------------
-    def teachers_of(self, plan: TeacherPlan) -> torch.nn.Module | dict[str, torch.nn.Module]:
-        """What a run distills from: its teacher, or its group's teachers by role (each loaded once)."""
-        if plan.members is not None:
-            return {role: self.teacher(member) for role, member in plan.members.items()}
-        return self.teacher(plan)
-
-    def teacher(self, plan: TeacherPlan) -> torch.nn.Module:
-        if plan.teacher_id in self._teachers:
-            return self._teachers[plan.teacher_id]
-        if self.teacher_ready(plan):
-            return self._load_teacher(plan)
-        # one process trains and evaluates it; another one that needs it waits, then loads it
-        lock = store.DirectoryLock(store.teacher_dir(self.results_dir, plan.teacher_id))
-        if not lock.acquire():
-            self.reporter.message(f"teacher {plan.spec.name} is being prepared by another process; waiting")
-            lock.acquire(blocking=True)
-        try:
-            return self._load_teacher(plan)
-        finally:
-            lock.release()
-
-    def _load_teacher(self, plan: TeacherPlan) -> torch.nn.Module:
-        directory = store.teacher_dir(self.results_dir, plan.teacher_id)
-        source = TEACHER_SOURCES.get(plan.spec.source)()
-        params = source.Params(**plan.spec.options)
-        weights = directory / store.TEACHER
-        context = TeacherContext(self.data, self.suite.threat, self.device, plan.training, directory)
-        if source.trains and weights.is_file():
-            model = build_model(params.model, self.data.num_classes, self.data.input_shape, **params.model_options)
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-            train_seconds = (store.read_json(directory / store.METRICS) if (directory / store.METRICS).is_file()
-                             else {}).get("train_seconds")
-        else:
-            started = time.perf_counter()
-            store.write_json(directory / store.CONFIG, {"teacher": plan.spec.name, "identity": plan.identity})
-            if source.trains:
-                self.reporter.message(f"training teacher {plan.spec.name} ({params.model}, {params.method})")
-
-                def train(model, method, method_params, seed, work_dir):
-                    return self.train_model(model, method, method_params, plan.training, seed, work_dir,
-                                            title=f"teacher {plan.spec.name}").model
-
-                context.train = train
-            model = source.build(params, context)
-            train_seconds = time.perf_counter() - started if source.trains else None
-            if source.trains:
-                store.atomic_write(weights, lambda h: torch.save(model.state_dict(), h), mode="wb")
-                (directory / store.CHECKPOINT).unlink(missing_ok=True)
-        model = model.to(self.device).eval()
-        model.requires_grad_(False)
-        metrics_path = directory / store.METRICS
-        cached = store.read_json_or_none(metrics_path)
-        if not self.evaluation_current(cached):
-            torch.manual_seed(0)  # attacks that draw from torch's global stream: same in every process
-            result = self.evaluate_model(model, directory, f"teacher {plan.spec.name}")
-            store.write_json(metrics_path, {
-                "run_id": plan.teacher_id, "teacher": plan.spec.name, "source": plan.spec.source,
-                "model": source.model_label(params), **self.protocol_fields(plan),
-                "parameters": count_parameters(model), "train_seconds": train_seconds, "status": "finished",
-                "madds": try_count_madds(model, self.data.input_shape), **self.accuracy_fields(result)})
-        self._teachers[plan.teacher_id] = model
-        return model
-
-    def protocol_fields(self, plan: TeacherPlan) -> dict:
-        """A trained teacher's training-attack protocol and the mode its method crafted in; {} otherwise."""
-        if plan.training is None:
-            return {}
-        return {"protocol": self.suite.protocol.attack_mode, "attack_mode": plan.attack_mode}
+    def prepare_teachers(self) -> None:
+        """Teachers first: every run that needs one then finds it cached (trained once, evaluated once)."""
+        for plan in self.needed_teachers():
+            self.teachers.get(plan)
 
     # -- student runs -------------------------------------------------------------------------
     def skip(self, run: RunSpec) -> RunOutcome | None:
         """The outcome of a run with nothing left to do (finished, or failed and not retried)."""
-        metrics = store.read_json_or_none(store.run_dir(self.results_dir, run.run_id) / store.METRICS)
-        if metrics is not None:
-            if metrics.get("status") == "failed" and not self.retry_failed:
-                return RunOutcome(run, "failed", metrics.get("error"))
-            if (metrics.get("status") == "finished" and self.evaluation_current(metrics)
-                    and self.diagnostics_current(run, metrics)):
+        record = current_record(store.run_dir(self.results_dir, run.run_id))
+        if record is not None:
+            if record.status == "failed" and not self.retry_failed:
+                return RunOutcome(run, "failed", record.error)
+            if record.finished and self.evaluation.current(record) and self.diagnostics_current(run, record):
                 return RunOutcome(run, "cached")
         return None
 
@@ -309,16 +195,16 @@ class SuiteRunner:
         return lock
 
     @staticmethod
-    def _reusable(directory: Path, metrics: dict | None) -> bool:
+    def _reusable(directory: Path, record: RunRecord | None) -> bool:
         """A finished run whose weights are on disk: evaluated again if needed, never retrained."""
-        return metrics is not None and metrics.get("status") == "finished" and (directory / store.STUDENT).is_file()
+        return record is not None and record.finished and (directory / store.STUDENT).is_file()
 
     def _lockstep_key(self, run: RunSpec) -> tuple:
         """Fresh runs with equal keys train in lock-step; a run to reuse or resume trains alone."""
         import json
 
         directory = store.run_dir(self.results_dir, run.run_id)
-        if self._reusable(directory, store.read_json_or_none(directory / store.METRICS)) \
+        if self._reusable(directory, current_record(directory)) \
                 or (directory / store.CHECKPOINT).exists():
             return ("alone", run.run_id)
         method = build_method(run.method.method, run.method.params, self.suite.threat, run.seed,
@@ -328,16 +214,16 @@ class SuiteRunner:
 
     def _start(self, run: RunSpec) -> "_Pending":
         directory = store.run_dir(self.results_dir, run.run_id)
-        metrics = store.read_json_or_none(directory / store.METRICS)
+        record = current_record(directory)
         store.remove_stale_temporaries(directory)  # left by a process killed mid-write
         title = f"{run.student.name} <- {run.method.label}" + (f" ({run.teacher.label})" if run.teacher else "")
         store.write_json(directory / store.CONFIG, {**run.describe(), "identity": run.identity(),
                                                     "suite": self.suite.name})
         weights = directory / store.STUDENT
-        reuse = self._reusable(directory, metrics)
+        reuse = self._reusable(directory, record)
         # the teacher before the seed: loading it (fresh process, worker, job) must not move the
         # random stream the student's initialization and training draw from
-        teacher = self.teachers_of(run.teacher) if run.teacher and not reuse else None
+        teacher = self.teachers.of(run.teacher) if run.teacher and not reuse else None
         torch.manual_seed(run.seed)
         student = build_model(run.student.model, self.data.num_classes, self.data.input_shape, **run.student.options)
         if reuse:
@@ -345,8 +231,7 @@ class SuiteRunner:
         method = build_method(run.method.method, run.method.params, self.suite.threat, run.seed,
                               run.protocol.attack_mode)
         return _Pending(run, directory, title, reuse, student, teacher, method,
-                        metrics.get("train_seconds") if metrics else None,
-                        loss_terms=metrics.get("loss_terms") if metrics else None)
+                        record.train_seconds if record else None, loss_terms=record.loss_terms if record else None)
 
     def _train_group(self, group: list["_Pending"]) -> None:
         if not group:
@@ -379,13 +264,12 @@ class SuiteRunner:
     def _finish(self, pending: "_Pending") -> RunOutcome:
         run, directory, student = pending.run, pending.directory, pending.student
         try:
-            torch.manual_seed(run.seed)  # attacks that draw from torch's global stream: same in every process
-            result = self.evaluate_model(student, directory, pending.title)
-            store.write_json(directory / store.METRICS, {
-                **self._base(run), "status": "finished", "error": None, "train_seconds": pending.train_seconds,
-                **({"loss_terms": pending.loss_terms} if pending.loss_terms else {}),
-                "parameters": count_parameters(student), "madds": try_count_madds(student, self.data.input_shape),
-                **self.diagnostics(run, student), **self.accuracy_fields(result)})
+            result = self.evaluation.run(student, directory, pending.title, seed=run.seed)
+            write_record(directory, RunRecord(
+                **self._described(run), status="finished", train_seconds=pending.train_seconds,
+                loss_terms=pending.loss_terms or None, parameters=count_parameters(student),
+                madds=try_count_madds(student, self.data.input_shape), diagnostics=self.diagnostics(run, student),
+                **self.evaluation.record_fields(result)))
             # kept until now: killed while evaluating, the run resumes at its last epoch, not from scratch
             (directory / store.CHECKPOINT).unlink(missing_ok=True)
             return RunOutcome(run, "finished")
@@ -394,7 +278,9 @@ class SuiteRunner:
         except Exception as exc:  # recorded, reported, the suite goes on
             return self._fail(run, exc)
 
-    def _base(self, run: RunSpec) -> dict:
+    @staticmethod
+    def _described(run: RunSpec) -> dict:
+        """The record's fields that say what ran."""
         return {**run.describe(), "model": run.student.model, "versions": versions()}
 
     def _fail(self, run: RunSpec, exc: BaseException) -> RunOutcome:
@@ -403,7 +289,7 @@ class SuiteRunner:
         directory = store.run_dir(self.results_dir, run.run_id)
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         store.append_log(directory / store.LOG, "".join(traceback.format_exception(exc)))
-        store.write_json(directory / store.METRICS, {**self._base(run), "status": "failed", "error": reason})
+        write_record(directory, RunRecord(**self._described(run), status="failed", error=reason))
         self.reporter.message(f"[red]run {run.run_id} failed[/red]: {reason}")
         return RunOutcome(run, "failed", reason)
 
@@ -413,35 +299,19 @@ class SuiteRunner:
         evaluation = self.suite.evaluation
         if not evaluation.diagnostics or run.teacher is None or run.teacher.members is not None:
             return 0  # the diagnostics compare a student with one teacher
-        return min(evaluation.diagnostics_examples, self.eval_count())
+        return min(evaluation.diagnostics_examples, self.evaluation.count())
 
-    def diagnostics_current(self, run: RunSpec, metrics: dict) -> bool:
+    def diagnostics_current(self, run: RunSpec, record: RunRecord) -> bool:
         wanted = self.diagnostics_wanted(run)
-        return not wanted or (metrics.get("diagnostics") or {}).get("n_examples") == wanted
+        return not wanted or (record.diagnostics or {}).get("n_examples") == wanted
 
-    def diagnostics(self, run: RunSpec, student) -> dict:
-        """``{"diagnostics": {...}}`` for metrics.json, or {} when not asked for."""
+    def diagnostics(self, run: RunSpec, student) -> dict | None:
+        """The record's ``diagnostics``, or None when the suite does not ask for them."""
         n = self.diagnostics_wanted(run)
         if not n:
-            return {}
+            return None
         from .diagnostics import diagnose
 
-        x, y = self.eval_split()
-        return {"diagnostics": diagnose(student.to(self.device), self.teacher(run.teacher), x[:n], y[:n],
-                                        self.suite.threat, self.suite.evaluation.batch_size, seed=run.seed)}
-
-    def needed_teachers(self) -> list[TeacherPlan]:
-        needed = {plan.teacher_id for run in self.runs if run.teacher for plan in run.teacher.single_teachers()}
-        return [plan for plan in self.teacher_plans if plan.teacher_id in needed]
-
-    def prepare_teachers(self) -> None:
-        """Teachers first: every run that needs one then finds it cached (trained once, evaluated once)."""
-        for plan in self.needed_teachers():
-            self.teacher(plan)
-
-    def teacher_ready(self, plan: TeacherPlan) -> bool:
-        """Whether the teacher's files are complete (weights if trained, a current evaluation)."""
-        directory = store.teacher_dir(self.results_dir, plan.teacher_id)
-        if TEACHER_SOURCES.get(plan.spec.source).trains and not (directory / store.TEACHER).is_file():
-            return False
-        return self.evaluation_current(store.read_json_or_none(directory / store.METRICS))
+        x, y = self.evaluation.examples()
+        return diagnose(student.to(self.device), self.teachers.get(run.teacher), x[:n], y[:n],
+                        self.suite.threat, self.suite.evaluation.batch_size, seed=run.seed)

@@ -58,5 +58,11 @@ class TeacherSource(ABC):
     def build(self, params: TeacherParams, context: TeacherContext) -> nn.Module:
         """The teacher network (pixels in [0, 1] -> logits; ``features`` where it can)."""
 
+    def restore(self, params: TeacherParams, context: TeacherContext, weights: Path) -> nn.Module:
+        """A teacher this source trained (``trains``), rebuilt from the weights the teacher cache
+        saved after ``build``. Sources that do not train are never restored: their weights live in
+        their own cache, and ``build`` reads them from there."""
+        raise NotImplementedError(f"{type(self).__name__} trains its teachers but does not restore them")
+
 
 TEACHER_SOURCES: Registry[type[TeacherSource]] = Registry("teacher source", base=TeacherSource)

@@ -5,6 +5,7 @@ import torch
 from pydantic import Field
 
 from ..models import build_model
+from ..weights import fit_weights, load_state_dict
 from .base import TEACHER_SOURCES, TeacherParams, TeacherSource
 
 
@@ -24,9 +25,17 @@ class Train(TeacherSource):
     trains = True
 
     def build(self, params: TrainParams, context):
-        data = context.dataset
         torch.manual_seed(params.seed)
-        model = build_model(params.model, data.num_classes, data.input_shape, **params.model_options)
+        model = self.architecture(params, context)
         # params.training is already merged into context.training (the suite's plan did it)
         return context.train(model, params.method, params.method_params, params.seed, context.work_dir)
+
+    def restore(self, params: TrainParams, context, weights):
+        return fit_weights(self.architecture(params, context), load_state_dict(weights, strip_prefix=""), weights,
+                           f"teacher model {params.model}")
+
+    @staticmethod
+    def architecture(params: TrainParams, context):
+        data = context.dataset
+        return build_model(params.model, data.num_classes, data.input_shape, **params.model_options)
 

@@ -1,0 +1,160 @@
+"""The run record: one typed schema (rkbench/record.py), written in one place, read back by reports,
+status and resume, with a version of its own; and the teacher cache restoring through each
+source's own hook."""
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import rkbench
+from rkbench import store
+from rkbench.cli import main
+from rkbench.record import RECORD_VERSION, RunRecord, read_record, write_record
+from rkbench.suite import Suite, expand
+from rkbench.suite_evaluation import SuiteEvaluation
+from rkbench.teacher_cache import TeacherCache
+from rkbench.teachers import TEACHER_SOURCES, TeacherParams, TeacherSource
+
+from conftest import tiny_suite_dict
+
+PACKAGE = Path(rkbench.__file__).parent
+WRITERS = ("write_json", "atomic_write", "write_text", "open", "dump")
+
+
+def finished_record(run_id: str, **changes) -> RunRecord:
+    fields = {"run_id": run_id, "status": "finished", "teacher": "-", "student": "mlp", "method": "natural",
+              "seed": 0, "n_examples": 10, "clean_accuracy": 0.9, "robust_accuracy": {"pgd20": 0.5},
+              "worst_case_accuracy": 0.5}
+    return RunRecord(**{**fields, **changes})
+
+
+def test_only_the_record_module_writes_metrics_json():
+    """Every call that writes a file and names METRICS (or metrics.json) is in record.py."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "record.py":
+            continue
+        source = path.read_text()
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            text = ast.get_source_segment(source, node) or ""
+            if name in WRITERS and ("METRICS" in text or "metrics.json" in text):
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert offenders == []
+
+
+def test_a_record_round_trips_and_carries_its_version(tmp_path):
+    record = finished_record("a1", robust_accuracy={"pgd20": 0.5, "aa": None}, flags=[{"code": "x", "detail": "y"}])
+    write_record(tmp_path / "a1", record)
+    written = json.loads((tmp_path / "a1" / store.METRICS).read_text())
+    assert written["record_version"] == RECORD_VERSION == 2
+    assert written["robust_accuracy"] == {"pgd20": 0.5, "aa": None}  # None: run by the cascade, kept
+    assert read_record(tmp_path / "a1") == (record, None)
+
+
+def test_a_file_from_before_the_version_reads_as_version_1(tmp_path):
+    old = finished_record("a1").model_dump(mode="json")
+    del old["record_version"]
+    store.write_json(tmp_path / "a1" / store.METRICS, old)
+    record, problem = read_record(tmp_path / "a1")
+    assert problem is None and record.record_version == 1 and record.clean_accuracy == 0.9
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"record_version": 3}, "written by a newer rkbench (record version 3; this one reads up to 2)"),
+    ({"accuracy": 0.9}, "accuracy: Extra inputs are not permitted"),
+    ({"status": "failed"}, "a failed run names its error"),
+    ({"clean_accuracy": 1.5}, "clean_accuracy: Input should be less than or equal to 1"),
+])
+def test_a_record_outside_the_schema_is_refused_with_one_line(tmp_path, change, expected):
+    data = {**finished_record("a1").model_dump(mode="json"), **change}
+    store.write_json(tmp_path / "runs" / "a1" / store.METRICS, data)
+    write_record(tmp_path / "runs" / "b2", finished_record("b2"))
+    result = CliRunner().invoke(main, ["report", str(tmp_path), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip().splitlines() == [f"warning: skipped {tmp_path}/runs/a1/metrics.json: "
+                                                  f"{read_record(tmp_path / 'runs' / 'a1')[1]}"]
+    assert expected in result.stderr
+    assert "b2" in result.stdout and "a1" not in result.stdout
+
+
+def test_the_runner_writes_every_field_it_knows_through_the_schema(tmp_path):
+    """A real run's and teacher's files validate against the strict schema, at this version."""
+    from rkbench.api import run_suite
+
+    suite = Suite.model_validate(tiny_suite_dict(
+        students=[{"name": "mlp_small", "model": "mlp", "hidden": 16}], methods={"ard": {"t": 4, "alpha": 0.9, "attack_steps": 2}},
+        evaluation={"n_examples": 20, "batch_size": 20, "attacks": [{"name": "pgd", "label": "pgd5", "steps": 5}]}))
+    outcome = run_suite(suite, tmp_path)
+    assert [o.status for o in outcome.outcomes] == ["finished"]
+    directories = [*store.iter_result_dirs(tmp_path, store.RUNS), *store.iter_result_dirs(tmp_path, store.TEACHERS)]
+    assert len(directories) == 2
+    for directory in directories:
+        record, problem = read_record(directory)
+        assert problem is None and record.record_version == RECORD_VERSION
+        assert record.finished and record.n_examples == 20 and record.attacks == {"pgd5": {"name": "pgd", "steps": 5}}
+    run = read_record(store.run_dir(tmp_path, outcome.outcomes[0].run.run_id))[0]
+    assert run.protocol == "eval" and run.attack_mode == "eval" and run.versions["rkbench"] == rkbench.__version__
+    assert run.loss_terms and set(run.loss_terms[0]) == {"kl", "ce"}
+
+
+# ----------------------------------------------------------------------------------------------
+# the teacher cache knows no source's options: a source that trains restores through its own hook
+
+
+class CountedParams(TeacherParams):
+    width: int = 3
+
+
+CALLS = {"build": 0, "restore": 0}
+
+
+def counted_teacher_source():
+    class Counted(TeacherSource):
+        Params = CountedParams
+        trains = True
+
+        def build(self, params, context):
+            CALLS["build"] += 1
+            return self.network(params, context)
+
+        def restore(self, params, context, weights):
+            CALLS["restore"] += 1
+            model = self.network(params, context)
+            model.load_state_dict(torch.load(weights, weights_only=True))
+            return model
+
+        @staticmethod
+        def network(params, context):
+            torch.manual_seed(CALLS["build"] + CALLS["restore"])  # a restored copy differs unless loaded
+            return nn.Sequential(nn.Flatten(), nn.Linear(64, params.width), nn.ReLU(), nn.Linear(params.width, 10))
+
+    return Counted
+
+
+def test_the_teacher_cache_restores_a_trained_teacher_through_its_source_hook(tmp_path, registry_snapshot, digits):
+    TEACHER_SOURCES.register("counted", description="test source")(counted_teacher_source())
+    CALLS.update(build=0, restore=0)
+    suite = Suite.model_validate(tiny_suite_dict(
+        teachers=[{"name": "t", "source": "counted", "width": 5}],
+        evaluation={"n_examples": 10, "batch_size": 10, "attacks": [{"name": "pgd", "label": "pgd2", "steps": 2}]}))
+    plans, _ = expand(suite)
+
+    def cache():
+        evaluation = SuiteEvaluation(suite, lambda: digits, torch.device("cpu"))
+        return TeacherCache(suite, tmp_path, lambda: digits, torch.device("cpu"), evaluation)
+
+    first = cache().get(plans[0])
+    assert CALLS == {"build": 1, "restore": 0}
+    assert (store.teacher_dir(tmp_path, plans[0].teacher_id) / store.TEACHER).is_file()
+    again = cache().get(plans[0])  # a new process: restored from the saved weights, not built
+    assert CALLS == {"build": 1, "restore": 1}
+    x = digits.x_test[:5]
+    assert torch.equal(first(x), again(x)) and not again.training
+    assert all(not p.requires_grad for p in again.parameters())
