@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rkbench.api import evaluate
-from rkbench.record import current_record
+from rkbench.record import read_record
 from rkbench.store import iter_result_dirs
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     attacks = args.attacks.split(",")
     rows = []
-    records = [(d, current_record(d)) for d in iter_result_dirs(args.results_dir)]
+    records = [(d, read_record(d)[0]) for d in iter_result_dirs(args.results_dir)]
     runs = [(d, record) for d, record in records if record is not None and record.finished][: args.max_runs]
     print(f"{'run':<40} {'cascade s':>10} {'exact s':>10} {'ratio':>7}  same worst case")
     for run, record in runs:

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import store
+from .errors import RkbenchError
 
 RECORD_VERSION = 2
 
@@ -43,7 +44,7 @@ class RunRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    record_version: int = Field(RECORD_VERSION, ge=1)
+    record_version: int = Field(RECORD_VERSION, ge=1, le=RECORD_VERSION, strict=True)
     run_id: str = Field(min_length=1)
     status: Literal["finished", "failed"]
     error: str | None = None  # a failed run: the exception's first line
@@ -72,7 +73,7 @@ class RunRecord(BaseModel):
     n_examples: int | None = Field(None, ge=0)
     clean_accuracy: Accuracy | None = None
     # None: the cascade ran the attack only on the examples still robust (not an accuracy)
-    robust_accuracy: dict[str, Accuracy | None] = Field(default_factory=dict)
+    robust_accuracy: dict[str, Accuracy | None] | None = None
     attacked_fraction: dict[str, Accuracy] | None = None
     worst_case_accuracy: Accuracy | None = None
     attack_seconds: dict[str, Seconds] | None = None
@@ -100,7 +101,7 @@ class RunRecord(BaseModel):
         recorded = self.attacks or {}
         return (self.n_examples == n_examples and self.threat == threat
                 and all(recorded.get(label) == config for label, config in attacks.items())
-                and all(self.robust_accuracy.get(label) is not None for label in exact))
+                and all((self.robust_accuracy or {}).get(label) is not None for label in exact))
 
 
 def write_record(directory: Path, record: RunRecord) -> None:
@@ -137,10 +138,19 @@ def read_record(directory: Path) -> tuple[RunRecord | None, str | None]:
     return record, None
 
 
+class UnreadableRecord(RkbenchError):
+    """A metrics.json that is there but not a record this rkbench reads (never overwritten)."""
+
+
 def current_record(directory: Path) -> RunRecord | None:
-    """The directory's record, or None when there is none or it cannot be read (the runner then
-    treats the run as not done: it is trained or evaluated again, and the record rewritten)."""
-    return read_record(directory)[0]
+    """The directory's record, or None when there is none yet. A file that is there but cannot be
+    read as a record (corrupt, foreign, written by a newer rkbench) raises ``UnreadableRecord``:
+    the runner then leaves the run alone rather than train it again over what is there."""
+    record, problem = read_record(directory)
+    if problem:
+        raise UnreadableRecord(f"{Path(directory) / store.METRICS}: {problem}; left as it is (move it away "
+                               f"to run this again)")
+    return record
 
 
 _REPORTED: set[tuple] = set()

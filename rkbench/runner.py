@@ -17,7 +17,7 @@ from .data import TensorDataset, load_dataset
 from .methods import build_method
 from .models import build_model, count_parameters
 from .models.complexity import try_count_madds
-from .record import RunRecord, current_record, write_record
+from .record import RunRecord, UnreadableRecord, current_record, write_record
 from .suite import RunSpec, Suite, expand
 from .suite_evaluation import SuiteEvaluation
 from .teacher_cache import TeacherCache
@@ -111,7 +111,11 @@ class SuiteRunner:
     # -- student runs -------------------------------------------------------------------------
     def skip(self, run: RunSpec) -> RunOutcome | None:
         """The outcome of a run with nothing left to do (finished, or failed and not retried)."""
-        record = current_record(store.run_dir(self.results_dir, run.run_id))
+        try:
+            record = current_record(store.run_dir(self.results_dir, run.run_id))
+        except UnreadableRecord as exc:  # never overwritten: it may be a newer rkbench's finished run
+            self.reporter.message(f"[red]run {run.run_id} skipped[/red]: {exc}")
+            return RunOutcome(run, "failed", str(exc))
         if record is not None:
             if record.status == "failed" and not self.retry_failed:
                 return RunOutcome(run, "failed", record.error)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import store
-from .record import current_record
+from .record import read_record
 
 JOBS = Path("slurm") / "jobs.json"
 
@@ -72,10 +72,12 @@ def status_rows(results_dir: Path) -> list[Row]:
     rows = []
     for key, (kind, directory) in sorted(entries.items(), key=lambda item: (item[1][0] != "teacher", item[0])):
         job = (jobs.get(key) or {}).get("job")
-        record = current_record(directory)
+        record, problem = read_record(directory)
         owner = store.lock_owner(directory)
         row = Row(kind, key, _name(directory, kind), "not started", job)
-        if record is not None:
+        if problem:  # there, but not a record this rkbench reads (a run leaves it alone)
+            row.state, row.detail = "unreadable", f"metrics.json: {problem}"
+        elif record is not None:
             row.state = record.status
             row.detail = record.error or ""
         elif owner is not None:
@@ -107,6 +109,6 @@ def format_status(rows: list[Row]) -> str:
     counts = {}
     for row in rows:
         counts[row.state] = counts.get(row.state, 0) + 1
-    order = ["pending", "running", "interrupted", "not started", "finished", "failed"]
+    order = ["pending", "running", "interrupted", "not started", "finished", "failed", "unreadable"]
     summary = ", ".join(f"{counts[state]} {state}" for state in order if counts.get(state))
     return "\n".join(line.rstrip() for line in lines) + f"\n{summary}\n"

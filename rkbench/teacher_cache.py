@@ -90,7 +90,7 @@ class TeacherCache:
             started = time.perf_counter()
             store.write_json(directory / store.CONFIG, {"teacher": plan.spec.name, "identity": plan.identity})
             if source.trains:
-                self.message(f"training teacher {plan.spec.name} ({source.model_label(params)})")
+                self.message(f"training teacher {plan.spec.name} ({source.describe(params)})")
                 context.train = self._trainer_for(plan)
             model = source.build(params, context)
             train_seconds = time.perf_counter() - started if source.trains else None

@@ -33,7 +33,7 @@ def correctness(arrays: dict[str, np.ndarray], record: RunRecord) -> dict[str, n
     clean = arrays[CLEAN].astype(bool)
     out: dict[str, np.ndarray | None] = {CLEAN: clean}
     worst = clean.copy()
-    for label in record.robust_accuracy:
+    for label in record.robust_accuracy or {}:
         if label not in arrays:
             raise RkbenchError(f"per_example.npz of run {record.run_id} has no array for attack {label!r}")
         correct = arrays[label].astype(bool)

@@ -129,7 +129,7 @@ def interval(accuracy: float, n) -> tuple[float, float]:
 
 def _accuracies(record: RunRecord, attacks: list[str]) -> tuple[dict, list[str]]:
     row, cascade = {"clean": percent(record.clean_accuracy)}, []
-    for label, value in record.robust_accuracy.items():
+    for label, value in (record.robust_accuracy or {}).items():
         if label not in attacks:
             attacks.append(label)
         row[label] = percent(value)

@@ -42,6 +42,16 @@ class TeacherSource(ABC):
     # source: robustbench}`` names the zoo model by the teacher's name)
     name_option: str | None = None
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.trains and cls.restore is TeacherSource.restore:  # caught when the class is written, not after training
+            raise TypeError(f"teacher source {cls.__name__} trains its teachers (trains = True) but has no restore "
+                            f"hook: the teacher cache rebuilds a trained teacher from its saved weights through it")
+
+    def describe(self, params: TeacherParams) -> str:
+        """How progress messages name the teacher being built (its model, by default)."""
+        return self.model_label(params) or type(self).__name__
+
     def model_label(self, params: TeacherParams) -> str | None:
         """What the teachers table shows in its ``model`` column."""
         for key in ("model", "model_name", "arch"):
@@ -62,7 +72,7 @@ class TeacherSource(ABC):
         """A teacher this source trained (``trains``), rebuilt from the weights the teacher cache
         saved after ``build``. Sources that do not train are never restored: their weights live in
         their own cache, and ``build`` reads them from there."""
-        raise NotImplementedError(f"{type(self).__name__} trains its teachers but does not restore them")
+        raise NotImplementedError(f"{type(self).__name__} does not train its teachers: nothing to restore")
 
 
 TEACHER_SOURCES: Registry[type[TeacherSource]] = Registry("teacher source", base=TeacherSource)

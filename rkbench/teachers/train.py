@@ -30,6 +30,9 @@ class Train(TeacherSource):
         # params.training is already merged into context.training (the suite's plan did it)
         return context.train(model, params.method, params.method_params, params.seed, context.work_dir)
 
+    def describe(self, params: TrainParams) -> str:
+        return f"{params.model}, {params.method}"
+
     def restore(self, params: TrainParams, context, weights):
         return fit_weights(self.architecture(params, context), load_state_dict(weights, strip_prefix=""), weights,
                            f"teacher model {params.model}")
