@@ -225,15 +225,15 @@ class Reference(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    teacher: str | None = None
-    student: str = Field(min_length=1)
-    method: str = Field(min_length=1)
+    teacher: str | None = Field(None, description="the teacher's name (omitted or '-' without one)")
+    student: str = Field(min_length=1, description="the student's name")
+    method: str = Field(min_length=1, description="the method label")
     paper: str = Field(min_length=1, description="e.g. 'ARD (Goldblum et al., AAAI 2020)'")
     table: str = Field(min_length=1, description="where in the paper, e.g. 'Table 2'")
-    clean: Percent | None = None
-    pgd20: Percent | None = None
-    autoattack: Percent | None = None
-    note: str = ""
+    clean: Percent | None = Field(None, description="published clean accuracy, %")
+    pgd20: Percent | None = Field(None, description="published PGD-20 accuracy, %")
+    autoattack: Percent | None = Field(None, description="published AutoAttack accuracy, %")
+    note: str = Field("", description="free text, e.g. how the published setting differs")
 
     @model_validator(mode="after")
     def _some_number(self):

@@ -41,11 +41,11 @@ class Strict(BaseModel):
 
 
 class OptimizerConfig(Strict):
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    nesterov: bool = False
+    name: Literal["sgd", "adam", "adamw"] = Field("sgd", description="the torch.optim optimizer")
+    lr: float = Field(0.1, gt=0, description="learning rate (the schedule's peak)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (adam/adamw: beta1)")
+    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay")
+    nesterov: bool = Field(False, description="SGD: Nesterov momentum")
 
 
 class ScheduleConfig(Strict):
@@ -53,16 +53,19 @@ class ScheduleConfig(Strict):
         "cosine", description="cyclic: triangular, up from 0 to lr over the first half, back to 0 (Free-AT, FGSM-RS)")
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75],
                                     description="multistep: fractions of the epochs (0.5) or epoch numbers (100)")
-    gamma: float = Field(0.1, gt=0)
+    gamma: float = Field(0.1, gt=0, description="multistep: the factor the learning rate is multiplied by at "
+                                              "each milestone")
 
 
 class TrainingConfig(Strict):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    epochs: int = Field(10, ge=1, description="training epochs of every run (a method or teacher may override)")
+    batch_size: int = Field(128, ge=1, description="training batch size")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="see training.optimizer")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig,
+                                     description="learning-rate schedule, stepped per batch (see training.schedule)")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                             description="one run per seed (seeds aggregate in reports: mean and std)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     share_teacher: bool = Field(False, description="train runs with the same teacher, seed and training "
                                                    "in lock-step: one teacher pass per batch for all")
@@ -102,16 +105,19 @@ class TrainingConfig(Strict):
 
 
 class AttackSpec(Strict):
-    name: str
-    label: str
-    exact: bool = False  # run on every example (an exact column) even when the evaluation cascades
-    options: dict = Field(default_factory=dict)
+    name: str = Field(description="a registered attack (rkbench list attacks)")
+    label: str = Field(description="the leaderboard column (default: the name); unique in the suite")
+    exact: bool = Field(False, description="run on every example (an exact column) even when the evaluation "
+                                           "cascades")
+    options: dict = Field(default_factory=dict, description="the attack's parameters, written beside name "
+                                                            "(docs/parameters.md#attacks)")
 
 
 class EvaluationConfig(Strict):
-    attacks: list[AttackSpec] = Field(default_factory=lambda: [AttackSpec(name="pgd20", label="pgd20")])
+    attacks: list[AttackSpec] = Field(default_factory=lambda: [AttackSpec(name="pgd20", label="pgd20")],
+                                      description="attack names, or mappings {name, label, exact, <options>}")
     n_examples: int | None = Field(None, ge=1, description="first N test examples (default: all)")
-    batch_size: int = Field(500, ge=1)
+    batch_size: int = Field(500, ge=1, description="examples per attack batch")
     cascade: bool = Field(True, description="attacks cheapest first, each on the examples still robust; "
                                             "columns not marked exact are reported as 'cascade'")
     diagnostics: bool = Field(False, description="transfer diagnostics of runs with a teacher (rkbench/diagnostics.py)")
@@ -153,8 +159,11 @@ class Protocol(Strict):
 
 
 class DatasetSpec(Strict):
-    name: str
-    options: dict = Field(default_factory=dict)
+    """``dataset: {name: digits, <options>}``: a registered dataset and its options."""
+
+    name: str = Field(description="a registered dataset (rkbench list datasets)")
+    options: dict = Field(default_factory=dict, description="the dataset's options, written beside name "
+                                                            "(docs/parameters.md#datasets)")
 
     @model_validator(mode="before")
     @classmethod
@@ -171,13 +180,17 @@ class TeacherSpec(Strict):
     """One teacher (``source`` and its options), or a ``group``: the suite's teachers by role, e.g.
     ``{clean: nat_cnn, robust: at_cnn}``, for the methods that distill from several (MTARD)."""
 
-    name: str
-    source: str | None = None
-    group: dict[str, str] | None = None
+    name: str = Field(description="the teacher's name in the suite (the leaderboard's teacher column)")
+    source: str | None = Field(None, description="a registered teacher source: train, checkpoint, robustbench, "
+                                                 "pyautoattack, timm (rkbench list teachers)")
+    group: dict[str, str] | None = Field(None, description="instead of a source: role -> the name of another "
+                                                           "teacher of the suite, e.g. {clean: A, robust: B}")
     # the method labels distilled from this teacher (default: every method that uses a teacher of
     # its kind: one teacher, or a group with the method's roles)
-    methods: list[str] | None = None
-    options: dict = Field(default_factory=dict)
+    methods: list[str] | None = Field(None, description="the method labels distilled from this teacher "
+                                                        "(default: every method that takes a teacher of its kind)")
+    options: dict = Field(default_factory=dict, description="the source's options, written beside name "
+                                                            "(docs/parameters.md#teacher-sources)")
 
     @model_validator(mode="before")
     @classmethod
@@ -200,9 +213,12 @@ class TeacherSpec(Strict):
 
 
 class StudentSpec(Strict):
-    name: str
-    model: str
-    options: dict = Field(default_factory=dict)
+    """A student: a model name (``cnn_tiny``) or ``{name, model, <model options>}``."""
+
+    name: str = Field(description="the student's name in the suite (default: the model's)")
+    model: str = Field(description="a registered model (rkbench list models)")
+    options: dict = Field(default_factory=dict, description="the model's options, written beside model "
+                                                            "(docs/parameters.md#models)")
 
     @model_validator(mode="before")
     @classmethod
@@ -217,10 +233,13 @@ class StudentSpec(Strict):
 
 
 class MethodSpec(Strict):
-    label: str
-    method: str
-    params: dict = Field(default_factory=dict)
-    training: dict = Field(default_factory=dict)  # per-method overrides of the suite's training
+    """``methods: {label: {method: <name, default the label>, training: {...}, <parameters>}}``."""
+
+    label: str = Field(description="the mapping's key: the leaderboard's method column")
+    method: str = Field(description="a registered method (rkbench list methods); default: the label")
+    params: dict = Field(default_factory=dict, description="the method's parameters, written beside method "
+                                                           "(docs/parameters.md#methods)")
+    training: dict = Field(default_factory=dict, description="this method's overrides of the training section")
 
 
 class ExecutorConfig(BaseModel):
@@ -229,20 +248,20 @@ class ExecutorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = "local"
+    name: str = Field("local", description="local (this machine) or slurm (submitit)")
     # local
     workers: int | None = Field(None, ge=1, description="parallel worker processes (local; default: one "
                                 "per visible GPU when CUDA is present, else 1)")
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker "
                                            "(default: training.threads, else CPU cores / workers)")
     # slurm (through submitit)
-    partition: str | None = None
-    timeout_min: int = Field(60, ge=1)
-    gpus_per_job: int = Field(0, ge=0)
-    cpus_per_job: int = Field(2, ge=1)
-    mem_gb: float | None = Field(None, gt=0)
-    array_parallelism: int = Field(32, ge=1)
-    runs_per_job: int = Field(1, ge=1)
+    partition: str | None = Field(None, description="Slurm partition (default: the cluster's)")
+    timeout_min: int = Field(60, ge=1, description="each job's time limit in minutes")
+    gpus_per_job: int = Field(0, ge=0, description="GPUs per job")
+    cpus_per_job: int = Field(2, ge=1, description="CPUs per job")
+    mem_gb: float | None = Field(None, gt=0, description="memory per job in GB (default: the cluster's)")
+    array_parallelism: int = Field(32, ge=1, description="array tasks running at once")
+    runs_per_job: int = Field(1, ge=1, description="runs one array task trains in turn (short runs may share a job)")
     cluster: Literal["slurm", "local", "debug"] = Field(
         "slurm", description="submitit backend: slurm, or local/debug to try the same path without a cluster")
     folder: str | None = Field(None, description="submitit logs and pickles (default: <results>/slurm)")
@@ -267,19 +286,24 @@ class ExecutorConfig(BaseModel):
 
 
 class Suite(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    description: str = ""
-    dataset: DatasetSpec
-    threat: ThreatModel = Field(default_factory=ThreatModel)
-    teachers: list[TeacherSpec] = Field(default_factory=list)
-    students: list[StudentSpec] = Field(min_length=1)
-    methods: list[MethodSpec] = Field(min_length=1)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    protocol: Protocol = Field(default_factory=Protocol)
-    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)  # where runs execute (not in run ids)
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="results go to results/<name>/")
+    description: str = Field("", description="free text, for readers of the suite")
+    dataset: DatasetSpec = Field(description="the dataset and its options (see dataset)")
+    threat: ThreatModel = Field(default_factory=ThreatModel, description="the threat model (see threat)")
+    teachers: list[TeacherSpec] = Field(default_factory=list, description="teachers and teacher groups "
+                                                                          "(see teachers)")
+    students: list[StudentSpec] = Field(min_length=1, description="the students every method trains (see students)")
+    methods: list[MethodSpec] = Field(min_length=1, description="label -> method and its parameters (see methods)")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="how every run trains "
+                                                                                 "(see training)")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="the fixed attack "
+                                                                                       "protocol (see evaluation)")
+    protocol: Protocol = Field(default_factory=Protocol, description="the training-attack protocol (see protocol)")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig,  # where runs execute (not in run ids)
+                                     description="where runs execute; not part of run ids (see executor)")
     # published numbers of suite rows (not in run ids): reports show them beside the measured ones
-    references: list[Reference] = Field(default_factory=list)
+    references: list[Reference] = Field(default_factory=list, description="published numbers of suite rows, "
+                                                                          "shown beside the measured ones")
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -385,15 +409,80 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], where:
     loc = [str(part) for part in error["loc"]]
     path = ".".join(loc)
     prefix = f"{where}: " if root else (f"{where}." if path else where)
+    see = docs_link(model, error["loc"])
+    see = f" (see {see})" if see else ""
     if error["type"] == "extra_forbidden":
         known = _fields_at(model, error["loc"][:-1])
         close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else (f"; known: {', '.join(known)}" if known else "")
-        return f"{prefix}{path}: unknown field{hint}"
+        return f"{prefix}{path}: unknown field{hint}{see}"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
         message = "required field is missing"
-    return f"{prefix}{path}: {message}" if path else f"{prefix}: {message}"
+    return (f"{prefix}{path}: {message}" if path else f"{prefix}: {message}") + see
+
+
+# ----------------------------------------------------------------------------------------------
+# where the docs describe a field (docs/suites.md and docs/parameters.md, generated by
+# rkbench/reference.py from these same models: the anchors below are the headings it writes)
+
+SUITE_DOCS = "docs/suites.md"
+PARAMETERS_DOCS = "docs/parameters.md"
+
+
+def suite_sections() -> list[tuple[str, type[BaseModel]]]:
+    """(dotted path, model) of the suite and of every section nested in it (through lists, mappings
+    and optionals), root first; each is one section of docs/suites.md, anchored at the path."""
+    found: list[tuple[str, type[BaseModel]]] = []
+    seen: set[type] = set()
+
+    def models_in(annotation: Any) -> list[type[BaseModel]]:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return [annotation]
+        return [m for arg in typing.get_args(annotation) for m in models_in(arg)]
+
+    def visit(path: str, model: type[BaseModel]) -> None:
+        if model in seen:
+            return
+        seen.add(model)
+        found.append((path, model))
+        for name, field in model.model_fields.items():
+            for inner in models_in(field.annotation):
+                visit(f"{path}.{name}" if path else name, inner)
+
+    visit("", Suite)
+    return found
+
+
+def _section_of(model: type[BaseModel], loc: tuple) -> str | None:
+    """The anchor of the deepest suite section along ``loc`` inside ``model`` (a suite section)."""
+    paths = {m: p for p, m in suite_sections()}
+    if model not in paths:
+        return None
+    path, current = paths[model], model
+    for part in loc:
+        current = _unwrap(current, part)
+        if isinstance(current, type) and issubclass(current, BaseModel) and current in paths:
+            path = paths[current]
+        elif current is None or not typing.get_args(current):
+            break
+    return path.replace(".", "-") if path else "top-level"
+
+
+def docs_link(model: type[BaseModel], loc: tuple = ()) -> str | None:
+    """The docs page (and anchor) that describes field ``loc`` of ``model``: a suite section, or the
+    parameters of the one registered thing whose ``Params`` it is (of its kind when several share it)."""
+    section = _section_of(model, loc)
+    if section is not None:
+        return f"{SUITE_DOCS}#{section}"
+    for prefix, registry in (("method", METHODS), ("attack", ATTACKS), ("dataset", DATASETS),
+                             ("teacher-source", TEACHER_SOURCES)):
+        owners = [entry.name for entry in registry if getattr(entry.obj, "Params", None) is model]
+        if len(owners) == 1:
+            return f"{PARAMETERS_DOCS}#{prefix}-{owners[0]}".replace("_", "-").lower()
+        if owners:
+            return f"{PARAMETERS_DOCS}#{prefix}s"
+    return None
 
 
 def _fields_at(model: Any, loc: tuple) -> list[str]:

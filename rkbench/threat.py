@@ -4,7 +4,7 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def parse_number(value):
@@ -23,10 +23,11 @@ class ThreatModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    norm: Literal["linf", "l2"] = "linf"
-    eps: float = 8 / 255
-    step_size: float | None = None  # default: eps/4 (Linf, 2/255 at 8/255) or 2.5*eps/steps (L2)
-    steps: int = 10
+    norm: Literal["linf", "l2"] = Field("linf", description="the norm of the ball")
+    eps: float = Field(8 / 255, description='its radius, in pixels in [0, 1]; also "8/255" (> 0)')
+    step_size: float | None = Field(None, description="training attacks' step; default: eps/4 (Linf, 2/255 at "
+                                                      "8/255) or 2.5*eps/steps (L2)")
+    steps: int = Field(10, description="training attacks' steps (>= 1)")
 
     _parse = field_validator("eps", "step_size", mode="before")(lambda cls, v: parse_number(v))
 

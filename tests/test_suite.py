@@ -88,7 +88,7 @@ def test_cli_validate_broken_suite_exits_2_with_one_line(tmp_path):
     result = CliRunner().invoke(main, ["validate", str(path)])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
-    assert lines == [f"error: {path}: threat.eps: eps must be > 0, got 0.0"]
+    assert lines == [f"error: {path}: threat.eps: eps must be > 0, got 0.0 (see docs/suites.md#threat)"]
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -34,9 +34,11 @@ class _Capture(logging.Handler):
 
 
 class AutoAttackParams(AttackParams):
-    version: Literal["standard", "fast", "plus", "custom"] = "standard"
-    attacks: list[SUBATTACKS] | None = None  # with version: custom
-    seed: int = 0
+    version: Literal["standard", "fast", "plus", "custom"] = Field(
+        "standard", description="standard: APGD-CE, APGD-T, FAB-T, Square; fast: APGD-CE, APGD-T; plus: the "
+                                "untargeted attacks with 5 restarts too; custom: the list in attacks")
+    attacks: list[SUBATTACKS] | None = Field(None, description="with version custom: the sub-attacks to run, in order")
+    seed: int = Field(0, description="seed of the random starts and queries (recorded; fixed for reproducibility)")
 
 
 @ATTACKS.register("autoattack", description="AutoAttack via pyautoattack: standard (APGD-CE, APGD-T, FAB-T, "
@@ -84,9 +86,9 @@ class AutoAttackEval(Attack):
 
 
 class SquareParams(AttackParams):
-    n_queries: int = Field(5000, ge=1)
-    p_init: float = Field(0.8, gt=0, le=1)
-    seed: int = 0
+    n_queries: int = Field(5000, ge=1, description="queries per example")
+    p_init: float = Field(0.8, gt=0, le=1, description="initial share of the image a square covers")
+    seed: int = Field(0, description="seed of the random starts and queries (recorded; fixed for reproducibility)")
 
 
 @ATTACKS.register("square", description="Square attack alone (black-box, 5000 queries): the gradient-masking check",

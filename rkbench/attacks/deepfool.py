@@ -8,8 +8,8 @@ from .base import ATTACKS, Attack, AttackParams, project
 
 
 class DeepFoolParams(AttackParams):
-    steps: int = Field(50, ge=1)
-    overshoot: float = Field(0.02, ge=0)
+    steps: int = Field(50, ge=1, description="DeepFool iterations at most")
+    overshoot: float = Field(0.02, ge=0, description="factor by which each step overshoots the boundary")
 
 
 @ATTACKS.register("deepfool", description="DeepFool, Linf variant; the minimal perturbation is projected "

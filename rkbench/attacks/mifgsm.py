@@ -9,8 +9,8 @@ from .base import ATTACKS, Attack, AttackParams, project
 
 
 class MIFGSMParams(AttackParams):
-    steps: int = Field(20, ge=1)
-    decay: float = Field(1.0, ge=0)
+    steps: int = Field(20, ge=1, description="iterations (step eps/steps each)")
+    decay: float = Field(1.0, ge=0, description="momentum decay factor mu")
 
 
 @ATTACKS.register("mifgsm", description="momentum iterative FGSM, 20 steps of eps/steps, decay 1.0",

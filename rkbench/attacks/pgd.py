@@ -8,16 +8,17 @@ import torch.nn.functional as F
 
 from ..threat import default_step_size, parse_number
 from .base import ATTACKS, Attack, AttackParams, ascent_step, project, register_preset
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 
 class PGDParams(AttackParams):
-    steps: int = 20
-    step_size: float | None = None  # default: the threat model's rule (eps/4 Linf, 2.5*eps/steps L2)
-    random_start: bool = True
-    restarts: int = 1
-    loss: Literal["ce", "cw"] = "ce"
-    seed: int = 0
+    steps: int = Field(20, description="gradient steps per restart")
+    step_size: float | None = Field(None, description="default: the threat model's rule (eps/4 Linf, "
+                                                        "2.5*eps/steps L2)")
+    random_start: bool = Field(True, description="start from a uniform point in the eps ball")
+    restarts: int = Field(1, description="independent restarts; an example counts as broken if any breaks it")
+    loss: Literal["ce", "cw"] = Field("ce", description="ce: cross-entropy; cw: the Carlini-Wagner margin")
+    seed: int = Field(0, description="seed of the random starts (drawn per example)")
 
     _parse = field_validator("step_size", mode="before")(lambda cls, v: parse_number(v))
 

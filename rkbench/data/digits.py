@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from .base import DATASETS, DatasetParams, DatasetSource, TensorDataset
 
 
 class DigitsParams(DatasetParams):
-    test_fraction: float = 0.25
-    split_seed: int = 0  # the split is fixed so that results are comparable across suites
+    test_fraction: float = Field(0.25, description="share of the 1797 digits held out as the test split")
+    split_seed: int = Field(0, description="seed of the stratified train/test split (fixed, so that results "
+                                           "are comparable across suites)")
 
 
 @DATASETS.register("digits", description="scikit-learn's 1797 real 8x8 digits, 1x8x8 in [0,1], stratified split",

@@ -25,14 +25,16 @@ from .images import Fit, cached_arrays, decode, fingerprint, labelled_files
 
 
 class ImageFolderParams(DatasetParams):
-    root: Path
+    root: Path = Field(description="folder holding the train and val folders")
     train: str = Field("train", description="training split folder under root")
     val: str = Field("val", description="test split folder under root")
     size: int = Field(..., ge=1, description="images become size x size")
-    fit: Fit = "resize"
+    fit: Fit = Field("resize", description="resize: scale the whole image; center_crop: scale the shorter "
+                                           "side to size and keep the central square")
     mode: Literal["RGB", "L"] = Field("RGB", description="RGB (3 channels) or L (grayscale, 1 channel)")
-    augment: Literal["none", "crop_flip"] = "crop_flip"
-    cache_dir: Path = Path("~/.cache/rkbench/imagefolder")
+    augment: Literal["none", "crop_flip"] = Field("crop_flip", description="training augmentation: random "
+                                                                      "crop (padding 4) and horizontal flip, or none")
+    cache_dir: Path = Field(Path("~/.cache/rkbench/imagefolder"), description="where the decoded uint8 arrays are cached")
 
 
 def class_folders(split: Path) -> list[str]:

@@ -16,9 +16,10 @@ REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 
 
 class NpzParams(DatasetParams):
-    path: Path
-    num_classes: int | None = None  # default: 1 + the largest label
-    augment: Literal["none", "crop_flip"] = "crop_flip"
+    path: Path = Field(description="the .npz file of uint8 NCHW x_train, y_train, x_test, y_test")
+    num_classes: int | None = Field(None, description="default: 1 + the largest label")
+    augment: Literal["none", "crop_flip"] = Field("crop_flip", description="training augmentation: random "
+                                                                      "crop (padding 4) and horizontal flip, or none")
     n_train: int | None = Field(None, ge=1, description="keep the first N training images (quick suites)")
 
 

@@ -15,16 +15,19 @@ from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from ..errors import DataUnavailableError
 from .base import DATASETS, DatasetParams, DatasetSource, TensorDataset, uint8_to_float
 
 
 class SvhnParams(DatasetParams):
-    root: Path = Path("~/.cache/rkbench/data/svhn")
-    download: bool = False  # off by default: offline machines get a clear error, not a hang
-    extra: bool = False
-    augment: Literal["none", "crop_flip"] = "none"  # digits: no horizontal flips by default
+    root: Path = Field(Path("~/.cache/rkbench/data/svhn"), description="folder of train_32x32.mat and test_32x32.mat")
+    download: bool = Field(False, description="let torchvision download missing files (off: an offline "
+                                              "machine gets one clear error, not a hang)")
+    extra: bool = Field(False, description="add extra_32x32.mat (531k images) to the training split")
+    augment: Literal["none", "crop_flip"] = Field("none", description="training augmentation (none by default: "
+                                                                 "digits are not flipped)")
 
 
 def split_file(root: Path, split: str, download: bool) -> Path:

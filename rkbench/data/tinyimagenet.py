@@ -24,10 +24,11 @@ from .images import cached_arrays, decode, fingerprint, labelled_files
 
 
 class TinyImageNetParams(DatasetParams):
-    root: Path = Path("~/.cache/rkbench/data/tiny-imagenet-200")
+    root: Path = Field(Path("~/.cache/rkbench/data/tiny-imagenet-200"), description="the unpacked tiny-imagenet-200 folder")
     size: int = Field(64, ge=1, description="images become size x size (64: as stored)")
-    augment: Literal["none", "crop_flip"] = "crop_flip"
-    cache_dir: Path = Path("~/.cache/rkbench/imagefolder")
+    augment: Literal["none", "crop_flip"] = Field("crop_flip", description="training augmentation: random "
+                                                                      "crop (padding 4) and horizontal flip, or none")
+    cache_dir: Path = Field(Path("~/.cache/rkbench/imagefolder"), description="where the decoded uint8 arrays are cached")
 
 
 def required(path: Path) -> Path:

@@ -5,14 +5,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from ..errors import DataUnavailableError
 from .base import DATASETS, DatasetParams, DatasetSource, TensorDataset, uint8_to_float
 
 
 class CifarParams(DatasetParams):
-    root: Path = Path("~/.cache/rkbench/data")
-    download: bool = False  # off by default: offline machines get a clear error, not a hang
+    root: Path = Field(Path("~/.cache/rkbench/data"), description="folder holding torchvision's cifar-10-batches-py / cifar-100-python")
+    download: bool = Field(False, description="let torchvision download missing files (off: an offline "
+                                              "machine gets one clear error, not a hang)")
 
 
 class _Cifar(DatasetSource):

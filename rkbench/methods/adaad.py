@@ -6,12 +6,12 @@ from pydantic import Field
 
 from .adversarial import AdversarialMethod, AdversarialParams
 from .base import METHODS
-from .losses import KLReduction, kl_divergence
+from .losses import KL_REDUCTION_HELP, KLReduction, kl_divergence
 
 
 class AdaADParams(AdversarialParams):
     alpha: float = Field(1.0, ge=0, le=1, description="weight of KL(T(x_adv)||S(x_adv)) against the clean KL")
-    kl_reduction: KLReduction = "mean"
+    kl_reduction: KLReduction = Field("mean", description=KL_REDUCTION_HELP)
 
 
 @METHODS.register("adaad", description="AdaAD: alpha*KL(T(x_adv)||S(x_adv)) + (1-alpha)*KL(T(x)||S(x)), "

@@ -6,13 +6,13 @@ from pydantic import Field
 
 from .adversarial import AdversarialMethod, AdversarialParams
 from .base import METHODS
-from .losses import KLReduction, kl_divergence
+from .losses import KL_REDUCTION_HELP, KLReduction, kl_divergence
 
 
 class ARDParams(AdversarialParams):
     t: float = Field(30.0, gt=0, description="temperature (CIFAR-10: 30)")
     alpha: float = Field(1.0, ge=0, le=1, description="weight of the distillation term (CIFAR-10: 1)")
-    kl_reduction: KLReduction = "mean"
+    kl_reduction: KLReduction = Field("mean", description=KL_REDUCTION_HELP)
 
 
 @METHODS.register("ard", description="ARD: alpha*t^2*KL(T_t(x)||S_t(x_adv)) + (1-alpha)*CE(S(x), y)",

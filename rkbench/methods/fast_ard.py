@@ -10,13 +10,13 @@ from pydantic import Field
 from .adversarial import FreeMethod
 from .ard import ard_loss
 from .base import METHODS, MethodParams
-from .losses import KLReduction
+from .losses import KL_REDUCTION_HELP, KLReduction
 
 
 class FastARDParams(MethodParams):
     t: float = Field(30.0, gt=0, description="temperature (ARD's CIFAR-10 value)")
     alpha: float = Field(1.0, ge=0, le=1, description="weight of the distillation term")
-    kl_reduction: KLReduction = "mean"
+    kl_reduction: KLReduction = Field("mean", description=KL_REDUCTION_HELP)
     m: int = Field(4, ge=1, description="replays of each minibatch (epochs are divided by m)")
     step_size: float | None = Field(None, gt=0, description="ascent step of delta (default: eps)")
     delta_grad: Literal["ce", "ard"] = Field(

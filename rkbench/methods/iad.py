@@ -8,7 +8,7 @@ from pydantic import Field
 from .adversarial import AdversarialMethod, AdversarialParams
 from .ard import ard_loss
 from .base import METHODS
-from .losses import KLReduction, kl_divergence, kl_per_sample, reduce_per_sample
+from .losses import KL_REDUCTION_HELP, KLReduction, kl_divergence, kl_per_sample, reduce_per_sample
 
 
 class IADParams(AdversarialParams):
@@ -17,7 +17,7 @@ class IADParams(AdversarialParams):
     beta: float = Field(0.1, ge=0, description="trust a_i = P_T(x_adv)[y]^beta")
     warmup: float = Field(0.3, ge=0, description="plain ARD before this epoch: a fraction of the epochs (< 1) "
                                                  "or an epoch number (>= 1); official 60 of 200")
-    kl_reduction: KLReduction = "batchmean"
+    kl_reduction: KLReduction = Field("batchmean", description=KL_REDUCTION_HELP)
 
 
 @METHODS.register("iad", description="IAD-I: ARD, then t^2*KL(T(x)||S(x_adv)) + mean (1-a_i)*KL(S(x)||S(x_adv)), "

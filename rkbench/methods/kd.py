@@ -5,13 +5,13 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .base import METHODS, Method, MethodParams
-from .losses import KLReduction, kl_divergence
+from .losses import KL_REDUCTION_HELP, KLReduction, kl_divergence
 
 
 class KDParams(MethodParams):
     t: float = Field(4.0, gt=0, description="softmax temperature")
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the distillation term against CE")
-    kl_reduction: KLReduction = "batchmean"
+    kl_reduction: KLReduction = Field("batchmean", description=KL_REDUCTION_HELP)
 
 
 @METHODS.register("kd", description="Hinton KD: alpha*t^2*KL(T_t(x)||S_t(x)) + (1-alpha)*CE(S(x), y)",

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .base import METHODS, Method, MethodParams
-from .losses import KLReduction, kl_divergence
+from .losses import KL_REDUCTION_HELP, KLReduction, kl_divergence
 
 
 class KDIGAParams(MethodParams):
@@ -20,7 +20,7 @@ class KDIGAParams(MethodParams):
     grad_norm: Literal["batch", "sample"] = Field(
         "batch", description="batch: (1/B)*||G_S - G_T|| over the whole batch tensor (official code); "
                              "sample: sum_i ||G_S,i - G_T,i||, the per-example norms")
-    kl_reduction: KLReduction = "mean"
+    kl_reduction: KLReduction = Field("mean", description=KL_REDUCTION_HELP)
 
 
 @METHODS.register("kdiga", description="KDIGA: KD + gamma*||grad_x CE(S(x),y) - grad_x CE(T(x),y)||",

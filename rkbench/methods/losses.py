@@ -7,6 +7,9 @@ import torch
 import torch.nn.functional as F
 
 KLReduction = Literal["batchmean", "mean"]
+# the description of every method's ``kl_reduction`` parameter
+KL_REDUCTION_HELP = ("batchmean: the KL summed over classes, averaged over the batch (the true KL); "
+                     "mean: averaged over batch x classes, as nn.KLDivLoss() does by default")
 
 
 def kl_per_sample(student_logits: torch.Tensor, teacher_logits: torch.Tensor,

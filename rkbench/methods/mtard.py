@@ -7,7 +7,7 @@ from pydantic import Field
 
 from .adversarial import AdversarialMethod, AdversarialParams, noise_start_attack
 from .base import METHODS
-from .losses import KLReduction, kl_divergence
+from .losses import KL_REDUCTION_HELP, KLReduction, kl_divergence
 
 
 class MTARDParams(AdversarialParams):
@@ -19,7 +19,7 @@ class MTARDParams(AdversarialParams):
         description="eta x weight_lr_gamma from each: fractions of the epochs (< 1) or epoch numbers "
                     "(official: epochs 215, 260, 285 of 300, with the learning rate)")
     weight_lr_gamma: float = Field(0.1, gt=0, description="factor of eta at each milestone (0.1)")
-    kl_reduction: KLReduction = "mean"
+    kl_reduction: KLReduction = Field("mean", description=KL_REDUCTION_HELP)
     loss_scale: float = Field(1.0, gt=0, description="both terms x this (the CIFAR-100 script: 10 x mean)")
 
 

@@ -5,13 +5,13 @@ from pydantic import Field
 
 from .adversarial import AdversarialMethod, AdversarialParams
 from .base import METHODS
-from .losses import KLReduction, kl_divergence
+from .losses import KL_REDUCTION_HELP, KLReduction, kl_divergence
 
 
 class RSLADParams(AdversarialParams):
     adv_weight: float = Field(5 / 6, ge=0, description="weight of KL(T(x)||S(x_adv)) (CIFAR-10: 5/6)")
     clean_weight: float = Field(1 / 6, ge=0, description="weight of KL(T(x)||S(x)) (CIFAR-10: 1/6)")
-    kl_reduction: KLReduction = "mean"
+    kl_reduction: KLReduction = Field("mean", description=KL_REDUCTION_HELP)
 
 
 @METHODS.register("rslad", description="RSLAD: 5/6*KL(T(x)||S(x_adv)) + 1/6*KL(T(x)||S(x)), x_adv maximizing "

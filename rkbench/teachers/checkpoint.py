@@ -11,11 +11,11 @@ from .base import TEACHER_SOURCES, TeacherParams, TeacherSource
 
 
 class CheckpointParams(TeacherParams):
-    model: str
-    model_options: dict = Field(default_factory=dict)
-    path: Path
-    key: str | None = None  # e.g. "state_dict" when the file wraps the weights in a dict
-    strip_prefix: str = "module."  # DataParallel checkpoints prefix every key
+    model: str = Field(description="the registered architecture the weights fit (rkbench list models)")
+    model_options: dict = Field(default_factory=dict, description="options of that model, e.g. {width: 10}")
+    path: Path = Field(description="the weights file (read with torch.load(weights_only=True))")
+    key: str | None = Field(None, description='the key of the weights when the file wraps them in a dict, e.g. "state_dict"')
+    strip_prefix: str = Field("module.", description="prefix removed from every key (DataParallel checkpoints)")
 
 
 @TEACHER_SOURCES.register("checkpoint", description="a local state dict for a registered architecture "

@@ -52,10 +52,11 @@ class RobustBenchParams(TeacherParams):
     # ``name`` is accepted too (``rkbench eval --model robustbench:name=Carmon2019Unlabeled``)
     model_name: str = Field(validation_alias=AliasChoices("model_name", "name"),
                             description="the RobustBench zoo name, e.g. Carmon2019Unlabeled (default: the teacher's name)")
-    dataset: Literal["cifar10", "cifar100", "imagenet"] = "cifar10"
-    threat: Literal["Linf", "L2", "corruptions"] = "Linf"
-    model_dir: Path = DEFAULT_MODEL_DIR
-    download: bool = False  # off: an offline machine gets one clear line, never a network attempt
+    dataset: Literal["cifar10", "cifar100", "imagenet"] = Field("cifar10", description="the zoo's dataset")
+    threat: Literal["Linf", "L2", "corruptions"] = Field("Linf", description="the zoo's threat model")
+    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="reads <model_dir>/<dataset>/<threat>/<name>.pt")
+    download: bool = Field(False, description="let RobustBench fetch a missing file (off: an offline machine "
+                                              "gets one clear line, never a network attempt)")
 
     @field_validator("threat", mode="before")
     @classmethod

@@ -10,12 +10,12 @@ from .base import TEACHER_SOURCES, TeacherParams, TeacherSource
 
 
 class TrainParams(TeacherParams):
-    model: str
-    model_options: dict = Field(default_factory=dict)
-    method: str = "at"
-    method_params: dict = Field(default_factory=dict)
-    training: dict = Field(default_factory=dict)  # overrides of the suite's training section
-    seed: int = 0
+    model: str = Field(description="the registered architecture to train (rkbench list models)")
+    model_options: dict = Field(default_factory=dict, description="options of that model")
+    method: str = Field("at", description="a teacher-free method to train it with (at, trades, natural, ...)")
+    method_params: dict = Field(default_factory=dict, description="that method's parameters")
+    training: dict = Field(default_factory=dict, description="overrides of the suite's training section")
+    seed: int = Field(0, description="the teacher's training seed")
 
 
 @TEACHER_SOURCES.register("train", description="trained in the suite with a registered method (e.g. at)",
