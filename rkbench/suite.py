@@ -514,7 +514,8 @@ def _named(registry, name: str, where: str) -> None:
     try:
         registry.check(name)
     except RkbenchError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        anchor = registry.kind.replace(" ", "-") + "s"  # the registry's section: method -> #methods
+        raise ConfigError(f"{where}: {exc} (see {PARAMETERS_DOCS}#{anchor})") from None
 
 
 def check_suite(suite: Suite, source: str) -> None:

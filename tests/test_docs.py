@@ -63,6 +63,9 @@ def test_the_parameters_page_lists_every_registered_method_and_its_parameters():
     (lambda raw: raw["methods"].update(kd={"t": -4}), "(see docs/parameters.md#method-kd)"),
     (lambda raw: raw["methods"].update(kd={"tt": 4}), "(see docs/parameters.md#method-kd)"),
     (lambda raw: raw["dataset"].update(test_fractoin=0.5), "(see docs/parameters.md#dataset-digits)"),
+    (lambda raw: raw["methods"].update(ardd={}), "(see docs/parameters.md#methods)"),
+    (lambda raw: raw["students"].append("cnn_tinyy"), "(see docs/parameters.md#models)"),
+    (lambda raw: raw["teachers"][0].update(source="zoo"), "(see docs/parameters.md#teacher-sources)"),
 ])
 def test_an_error_about_a_field_ends_with_the_docs_section_that_describes_it(change, link):
     raw = tiny_suite_dict()
