@@ -108,16 +108,21 @@ def epochs_trained(results: Path) -> int:
     return len(re.findall(r"^epoch ", log_of(results), re.M))
 
 
-def interrupt_after_a_few_epochs(results: Path, command: list) -> str:
-    """Wait until the results' one job has trained a few epochs (and not all), then run command + job id."""
-    job = next(iter(jobs_of(results).values()))["job"]
+def interrupt_after_a_few_epochs(commands: dict) -> None:
+    """commands: results directory -> a command; each is run with the directory's one job id as soon as
+    that job has trained a few epochs (and not all): the jobs are watched together, so one that
+    starts first is not left to finish while the test waits for the other."""
+    jobs = {results: next(iter(jobs_of(results).values()))["job"] for results in commands}
     deadline = time.time() + 300
-    while epochs_trained(results) < EPOCHS_BEFORE_SIGNAL:
-        assert time.time() < deadline, f"job {job} never started training"
+    while commands:
+        for results in [r for r in commands if epochs_trained(r) >= EPOCHS_BEFORE_SIGNAL]:
+            assert epochs_trained(results) < LONG["training"]["epochs"], f"{results.name}: finished before it " \
+                                                                         f"could be interrupted"
+            # not check=True: on a very slow machine Slurm's own warning may have requeued the job
+            # already (a pending job takes no signal); the tests then see that requeue instead
+            subprocess.run([*commands.pop(results), jobs[results]])
+        assert time.time() < deadline, f"jobs {[jobs[r] for r in commands]} never started training"
         time.sleep(0.2)
-    assert epochs_trained(results) < LONG["training"]["epochs"], "the job finished before it could be interrupted"
-    subprocess.run([*command, job], check=True)
-    return job
 
 
 @pytest.fixture(scope="module")
@@ -131,11 +136,10 @@ def long_jobs(cluster, tmp_path_factory):
     run_cli(suite, "--results-dir", limited, *SLURM, "--timeout-min", 1, "--set", "executor.signal_delay_s=5",
             "--set", "executor.wait=false")
     run_cli(suite, "--results-dir", preempted, *SLURM, "--timeout-min", 10, "--set", "executor.wait=false")
-    # the warning Slurm sends signal_delay_s before the time limit (sbatch --signal=USR2@5), sent now:
-    # submitit's handler checkpoints and requeues the job, which resumes from its last epoch
-    interrupt_after_a_few_epochs(limited, ["scancel", "--signal=USR2"])
-    # a preempting partition requeues the job from outside
-    interrupt_after_a_few_epochs(preempted, ["scontrol", "requeue"])
+    # limited: the warning Slurm sends signal_delay_s before the time limit (sbatch --signal=USR2@5), sent
+    # now: submitit's handler checkpoints and requeues the job, which resumes from its last epoch;
+    # preempted: requeued from outside, as a preempting partition does
+    interrupt_after_a_few_epochs({limited: ["scancel", "--signal=USR2"], preempted: ["scontrol", "requeue"]})
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
         run_cli(suite, "--results-dir", reference, "--quiet")
