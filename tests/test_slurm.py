@@ -149,7 +149,21 @@ def long_jobs(cluster, tmp_path_factory):
     return limited, preempted, reference
 
 
-def test_digits_subset_runs_wait_for_their_teacher_job_and_match_local(cluster, tmp_path):
+@pytest.fixture(scope="module")
+def walked_away(cluster, tmp_path_factory):
+    """A suite submitted with executor.wait=false, first thing in the file, so that its jobs run while
+    the next test trains locally and waits for its own: (results, seconds the submission took,
+    `rkbench status` right after it)."""
+    base = tmp_path_factory.mktemp("away")
+    suite = write_suite(base, {**SHORT, "name": "away"})
+    results = base / "results"
+    started = time.time()
+    run_cli(suite, "--results-dir", results, *SLURM, "--set", "executor.wait=false")
+    took = time.time() - started
+    return results, took, CliRunner().invoke(main, ["status", str(results)])
+
+
+def test_digits_subset_runs_wait_for_their_teacher_job_and_match_local(cluster, walked_away, tmp_path):
     suite = write_suite(tmp_path, SHORT)
     local = tmp_path / "local"
     run_cli(suite, "--results-dir", local, "--quiet")
@@ -168,13 +182,9 @@ def test_digits_subset_runs_wait_for_their_teacher_job_and_match_local(cluster, 
         assert job["job"] in status.output
 
 
-def test_submit_and_walk_away_then_status(cluster, tmp_path):
-    suite = write_suite(tmp_path, {**SHORT, "name": "away"})
-    results = tmp_path / "results"
-    started = time.time()
-    run_cli(suite, "--results-dir", results, *SLURM, "--set", "executor.wait=false")
-    assert time.time() - started < 30  # returned at once, nothing trained yet in this process
-    status = CliRunner().invoke(main, ["status", str(results)])
+def test_submit_and_walk_away_then_status(walked_away):
+    results, took, status = walked_away
+    assert took < 30  # returned at once, nothing trained yet in this process
     assert status.exit_code == 0
     assert re.search(r"\d+ (pending|running)", status.output), status.output
     wait_for_metrics(results, 240)
