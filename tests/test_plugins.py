@@ -176,9 +176,10 @@ def test_plugin_files_reach_worker_processes(tmp_path, registry_snapshot):
     assert out.returncode == 0 and out.stdout.strip() == "akd", out.stderr
 
 
-def test_readme_shows_the_example_file():
+@pytest.mark.parametrize("page", ["README.md", "docs/plugins.md"])
+def test_the_docs_show_the_example_file(page):
     import re
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "class AdversarialKD" in b)
+    text = (Path(__file__).resolve().parents[1] / page).read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "class AdversarialKD" in b)
     assert block.strip() in EXAMPLE.read_text()

@@ -8,7 +8,8 @@ warning as a time-out) and, once it has trained a few epochs, the test sends it 
 Slurm sends before a limit (`scancel --signal=USR2`, what submitit's own `_interrupt(timeout=True)`
 does). The jobs are short (24 epochs), so no test waits for a job to outrun a real limit, and
 whether the job is also warned by Slurm on a slow machine changes nothing the tests check. Slurm's own warning at a real limit is exercised by
-`test_a_real_time_limit_warns_and_requeues` (opt-in, RKBENCH_SLOW_SLURM=1; `.ci/run` runs it)."""
+`test_a_real_time_limit_warns_and_requeues` (opt-in, RKBENCH_SLOW_SLURM=1; `.ci/run` runs it).
+The walk-away suite is submitted first, so its jobs run while the next test waits for its own."""
 import json
 import os
 import re
