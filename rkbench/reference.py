@@ -141,18 +141,24 @@ def _params_of(kind: str, obj: Any) -> type[BaseModel] | None:
     return None if kind == "model" else obj.Params
 
 
-def model_options_table(factory: Any) -> str:
-    lines = ["| option | type | default |", "|---|---|---|"]
-    for name, parameter in inspect.signature(factory).parameters.items():
-        if name in FACTORY_ARGUMENTS or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
-            continue
+def model_options(factory: Any) -> dict[str, inspect.Parameter]:
+    """A model factory's own options: its keyword arguments but the three rkbench sets."""
+    return {name: parameter for name, parameter in inspect.signature(factory).parameters.items()
+            if name not in FACTORY_ARGUMENTS and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL)}
+
+
+def model_options_table(factory: Any, descriptions: dict[str, str]) -> str:
+    """Options from the factory's signature; descriptions from its registration
+    (``@MODELS.register(name, ..., options={"width": "..."})``)."""
+    lines = ["| option | type | default | description |", "|---|---|---|---|"]
+    for name, parameter in model_options(factory).items():
         annotation = parameter.annotation
         if isinstance(annotation, str):
             kind = annotation
         else:
             kind = type_name(annotation) if annotation is not inspect.Parameter.empty else ""
         default = "required" if parameter.default is inspect.Parameter.empty else json.dumps(parameter.default)
-        lines.append(f"| `{name}` | `{_cell(kind)}` | `{_cell(default)}` |")
+        lines.append(f"| `{name}` | `{_cell(kind)}` | `{_cell(default)}` | {_cell(descriptions.get(name, ''))} |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else "No options.\n"
 
 
@@ -170,7 +176,7 @@ def parameters_reference() -> str:
             if about:
                 parts.append(_cell(about) + "\n")
             if kind == "model":
-                parts.append(model_options_table(entry.obj))
+                parts.append(model_options_table(entry.obj, entry.extra.get("options", {})))
             else:
                 defaults = getattr(entry.obj, "defaults", None) or None  # attack presets change defaults only
                 parts.append(field_table(entry.obj.Params, defaults))
@@ -214,9 +220,14 @@ def all_models() -> Iterator[tuple[str, type[BaseModel]]]:
 
 
 def undescribed(models: list[tuple[str, type[BaseModel]]] | None = None) -> list[str]:
-    """Fields without a description, as ``where: field`` (default: every model of ``all_models``)."""
-    return [f"{where}: {name}" for where, model in (all_models() if models is None else models)
-            for name, field in model.model_fields.items() if not (field.description or "").strip()]
+    """Fields without a description, as ``where: field``: by default every field of ``all_models`` and
+    every registered model's options (described in its registration's ``options``)."""
+    missing = [f"{where}: {name}" for where, model in (all_models() if models is None else models)
+               for name, field in model.model_fields.items() if not (field.description or "").strip()]
+    if models is None:
+        missing += [f"model {entry.name}: {name}" for entry in MODELS for name in model_options(entry.obj)
+                    if not str(entry.extra.get("options", {}).get(name, "")).strip()]
+    return missing
 
 
 __all__ = ["Suite", "suite_reference", "parameters_reference", "registries_listing", "undescribed",

@@ -82,16 +82,21 @@ class MobileNetV2(Classifier):
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
 
 
+MOBILENET_OPTIONS = {"width_mult": "channel multiplier of every layer",
+                     "last_channels": "channels of the last 1x1 convolution (the penultimate features)"}
+
+
 @MODELS.register("mobilenetv2", description="MobileNetV2, the CIFAR variant of ARD/RSLAD/IAD/AdaAD (ReLU, "
                  "1x1 shortcuts; 2.30M params)", source="Sandler et al. 2018; goldblum/AdversariallyRobustDistillation "
-                 "models/mobilenetv2.py")
+                 "models/mobilenetv2.py", options=MOBILENET_OPTIONS)
 def mobilenetv2(num_classes: int, in_channels: int, image_size: int, width_mult: float = 1.0,
                 last_channels: int = 1280) -> Classifier:
     return MobileNetV2(num_classes, in_channels, width_mult, last_channels)
 
 
 @MODELS.register("mobilenetv2_relu6", description="MobileNetV2, CIFAR variant with ReLU6 and no channel-changing "
-                 "shortcuts (2.24M params)", source="Sandler et al. 2018")
+                 "shortcuts (2.24M params)", source="Sandler et al. 2018",
+                 options=MOBILENET_OPTIONS)
 def mobilenetv2_relu6(num_classes: int, in_channels: int, image_size: int, width_mult: float = 1.0,
                       last_channels: int = 1280) -> Classifier:
     return MobileNetV2(num_classes, in_channels, width_mult, last_channels, activation=nn.ReLU6,

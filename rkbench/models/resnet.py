@@ -76,13 +76,19 @@ class ResNet(Classifier):
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
 
 
-@MODELS.register("resnet18", description="CIFAR ResNet-18 (3x3 stem, 11M params)", source="He et al. 2016")
+RESNET_OPTIONS = {"base_width": "channels of the first stage (64: the standard ResNet-18; each stage doubles them)",
+                  "normalize": "standardize pixels with the CIFAR-10 mean/std inside the model (inputs stay in [0, 1])"}
+
+
+@MODELS.register("resnet18", description="CIFAR ResNet-18 (3x3 stem, 11M params)", source="He et al. 2016",
+                 options=RESNET_OPTIONS)
 def resnet18(num_classes: int, in_channels: int, image_size: int, base_width: int = 64,
              normalize: bool = False) -> Classifier:
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, base_width, normalize=normalize)
 
 
-@MODELS.register("preact_resnet18", description="CIFAR PreActResNet-18", source="He et al. 2016 (identity mappings)")
+@MODELS.register("preact_resnet18", description="CIFAR PreActResNet-18", source="He et al. 2016 (identity mappings)",
+                 options=RESNET_OPTIONS)
 def preact_resnet18(num_classes: int, in_channels: int, image_size: int, base_width: int = 64,
                     normalize: bool = False) -> Classifier:
     return ResNet(PreActBlock, [2, 2, 2, 2], num_classes, in_channels, base_width, preact=True, normalize=normalize)

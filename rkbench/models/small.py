@@ -47,16 +47,19 @@ class MLP(Classifier):
         return self.body(x)
 
 
-@MODELS.register("cnn_small", description="3-conv CNN with BatchNorm (digits teacher size, ~60k params)")
+@MODELS.register("cnn_small", description="3-conv CNN with BatchNorm (digits teacher size, ~60k params)",
+                 options={"width": "channels of the first convolutions (the last has 2 x width)"})
 def cnn_small(num_classes: int, in_channels: int, image_size: int, width: int = 32) -> Classifier:
     return SmallCNN(num_classes, in_channels, image_size, width)
 
 
-@MODELS.register("cnn_tiny", description="2-conv CNN with BatchNorm (digits student, ~5k params)")
+@MODELS.register("cnn_tiny", description="2-conv CNN with BatchNorm (digits student, ~5k params)",
+                 options={"width": "channels of the first convolution (the second has 2 x width)"})
 def cnn_tiny(num_classes: int, in_channels: int, image_size: int, width: int = 16) -> Classifier:
     return TinyCNN(num_classes, in_channels, image_size, width)
 
 
-@MODELS.register("mlp", description="2-hidden-layer MLP (digits student)")
+@MODELS.register("mlp", description="2-hidden-layer MLP (digits student)",
+                 options={"hidden": "units of each hidden layer"})
 def mlp(num_classes: int, in_channels: int, image_size: int, hidden: int = 128) -> Classifier:
     return MLP(num_classes, in_channels, image_size, hidden)

@@ -101,7 +101,14 @@ def create(arch: str, num_classes: int, in_channels: int, image_size: int, model
 
 
 @MODELS.register("timm", description="any timm architecture (arch, model_args, checkpoint, normalize); "
-                 "never downloads weights", source="timm")
+                 "never downloads weights", source="timm",
+                 options={"arch": "a timm architecture name, e.g. resnet18",
+                          "model_args": "keyword arguments of timm.create_model",
+                          "checkpoint": "a local state dict to start from (read with weights_only=True)",
+                          "checkpoint_sha256": "set by rkbench when the suite is checked: the checkpoint's sha256 "
+                                               "(part of the run id)",
+                          "normalize": "standardize pixels with the architecture's pretrained mean/std inside "
+                                       "the model"})
 def timm_model(num_classes: int, in_channels: int, image_size: int, arch: str = "resnet18",
                model_args: dict | None = None, checkpoint: str | None = None, checkpoint_sha256: str | None = None,
                normalize: bool = False) -> TimmClassifier:

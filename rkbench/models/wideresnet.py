@@ -67,6 +67,7 @@ class WideResNet(Classifier):
 
 
 @MODELS.register("wideresnet", description="WideResNet(depth, width), e.g. depth 34 width 10 (WRN-34-10)",
-                 source="Zagoruyko & Komodakis 2016")
+                 source="Zagoruyko & Komodakis 2016",
+                 options={"depth": "layers: 6n + 4 (28, 34, 70)", "width": "widening factor of the channels"})
 def wideresnet(num_classes: int, in_channels: int, image_size: int, depth: int = 28, width: int = 10) -> Classifier:
     return WideResNet(depth, width, num_classes, in_channels)
