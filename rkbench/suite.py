@@ -43,8 +43,8 @@ class Strict(BaseModel):
 class OptimizerConfig(Strict):
     name: Literal["sgd", "adam", "adamw"] = Field("sgd", description="the torch.optim optimizer")
     lr: float = Field(0.1, gt=0, description="learning rate (the schedule's peak)")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (adam/adamw: beta1)")
-    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (adam and adamw do not use it)")
+    weight_decay: float = Field(5e-4, ge=0, description="weight decay (adamw: decoupled)")
     nesterov: bool = Field(False, description="SGD: Nesterov momentum")
 
 
