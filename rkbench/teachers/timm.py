@@ -26,7 +26,7 @@ class TimmTeacherParams(TeacherParams):
     arch: str = Field(description="any timm architecture name, e.g. resnet50")
     checkpoint: Path = Field(description="the weights file (timm never downloads here)")
     model_args: dict = Field(default_factory=dict, description="keyword arguments of timm.create_model")
-    normalize: bool = Field(False, description="put ImageNet mean/std normalization in front of the network")
+    normalize: bool = Field(False, description="standardize pixels with the architecture's pretrained mean/std inside the model")
 
 
 @TEACHER_SOURCES.register("timm", description="a timm architecture with a local state dict (arch, checkpoint, "
