@@ -86,7 +86,7 @@ def test_bad_reference_in_a_suite_file_exits_2(tmp_path):
     result = CliRunner().invoke(main, ["validate", str(path)])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [f"error: {path}: references.0.clean: Input should be less than "
-                                                  f"or equal to 100"]
+                                                  f"or equal to 100 (see docs/suites.md#references)"]
 
 
 # ----------------------------------------------------------------------------------------------
