@@ -266,6 +266,14 @@ class ExecutorConfig(BaseModel):
 
 
 
+class LoggingConfig(Strict):
+    """The suite's ``logging:`` section: live views of training (not part of any run id)."""
+
+    tensorboard: bool = Field(False, description="per-epoch scalars (loss terms, learning rate, training "
+                              "accuracy, validation values) under each run directory's tensorboard/; "
+                              "`tensorboard --logdir results/<suite>` shows every run")
+
+
 class Suite(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -278,6 +286,7 @@ class Suite(Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     protocol: Protocol = Field(default_factory=Protocol)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)  # where runs execute (not in run ids)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)  # live views of training (not in run ids)
     # published numbers of suite rows (not in run ids): reports show them beside the measured ones
     references: list[Reference] = Field(default_factory=list)
 
@@ -296,7 +305,7 @@ class Suite(Strict):
             return entries
         return value
 
-    @field_validator("threat", "protocol", mode="before")
+    @field_validator("threat", "protocol", "logging", mode="before")
     @classmethod
     def _empty_section(cls, value):
         return value if value is not None else {}
