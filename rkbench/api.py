@@ -189,6 +189,32 @@ def evaluate(model: nn.Module | str, dataset: str | TensorDataset = "digits", at
     return Evaluation(result, configs, cached)
 
 
+def evaluate_as_recorded(model: str, dataset=None, attacks=None, norm: str | None = None, eps=None,
+                         n_examples: int | None = None, batch_size: int | None = None, cascade: bool = True,
+                         seed: int | None = None, device: str = "auto",
+                         cache_dir: str | Path | None = DEFAULT_CACHE) -> Evaluation:
+    """``rkbench eval``: an exported folder or a run directory with the protocol its suite evaluated
+    it with (dataset, examples, threat, attacks, cascade, batch size, the run's seed; see
+    ``export.recorded_protocol``); every argument given replaces the recorded value. Any other
+    model spec gets the defaults of ``evaluate`` (digits, pgd20, linf 8/255)."""
+    from .export import recorded_protocol
+
+    protocol = recorded_protocol(model) or {}
+    threat = dict(protocol.get("threat") or {"norm": "linf", "eps": "8/255"})
+    if norm is not None or eps is not None:
+        threat.pop("step_size", None)  # the default step of the new ball
+    if norm is not None:
+        threat["norm"] = norm
+    if eps is not None:
+        threat["eps"] = eps
+    return evaluate(model, dataset or protocol.get("dataset", "digits"),
+                    attacks if attacks is not None else protocol.get("attacks", ["pgd20"]), threat=threat,
+                    n_examples=n_examples if n_examples is not None else protocol.get("n_examples"),
+                    cascade=cascade and protocol.get("cascade", True),
+                    batch_size=batch_size or protocol.get("batch_size", 500), device=device, cache_dir=cache_dir,
+                    seed=seed if seed is not None else protocol.get("seed"))
+
+
 def _check_attack(spec: AttackSpec) -> None:
     try:
         ATTACKS.check(spec.name)

@@ -245,30 +245,17 @@ def eval_(model_arg, model_spec, dataset_spec, attacks, norm, eps, n_examples, b
     unless options say otherwise."""
     import json
 
-    from .api import evaluate
+    from .api import evaluate_as_recorded
     from .cli_display import print_evaluation
     from .errors import ConfigError
-    from .export import recorded_protocol
 
     if (model_arg is None) == (model_spec is None):
         raise ConfigError("give the model once: rkbench eval MODEL, or --model SPEC")
     model_spec = model_spec or model_arg
-    protocol = recorded_protocol(model_spec) or {}
-    threat = dict(protocol.get("threat") or {"norm": "linf", "eps": "8/255"})
-    if norm is not None:
-        threat["norm"] = norm
-    if norm is not None or eps is not None:
-        threat.pop("step_size", None)  # the default step of the new ball
-    if eps is not None:
-        threat["eps"] = eps
-    attack_list = ([a.strip() for a in attacks.split(",") if a.strip()] if attacks is not None
-                   else protocol.get("attacks", ["pgd20"]))
-    evaluation = evaluate(model_spec, dataset_spec or protocol.get("dataset", "digits"), attack_list, threat=threat,
-                          n_examples=n_examples if n_examples is not None else protocol.get("n_examples"),
-                          cascade=not no_cascade and protocol.get("cascade", True),
-                          batch_size=batch_size or protocol.get("batch_size", 500), device=device,
-                          cache_dir=None if no_cache else cache_dir,
-                          seed=seed if seed is not None else protocol.get("seed"))
+    evaluation = evaluate_as_recorded(
+        model_spec, dataset=dataset_spec, attacks=[a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,
+        norm=norm, eps=eps, n_examples=n_examples, batch_size=batch_size, cascade=not no_cascade, seed=seed,
+        device=device, cache_dir=None if no_cache else cache_dir)
     if as_json:
         click.echo(json.dumps(evaluation.summary(), indent=2))
     else:

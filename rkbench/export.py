@@ -87,8 +87,8 @@ def recorded_protocol(path: str | Path) -> dict | None:
     if isinstance(config.get("evaluation_protocol"), dict):  # an exported folder
         return config["evaluation_protocol"]
     record, _ = read_record(path)
-    if record is None or not record.finished or "identity" not in config:
-        return None
+    if record is None or not record.finished or record.student is None or "dataset" not in config.get("identity", {}):
+        return None  # a teacher directory, a failed run, or a run without a record
     return protocol_of(record, config)
 
 

@@ -194,6 +194,9 @@ def test_export_then_load_then_eval_gives_the_recorded_accuracy_on_the_same_exam
     assert summary["robust_accuracy"] == record["robust_accuracy"]
     assert summary["worst_case_accuracy"] == record["worst_case_accuracy"]
     assert 0 < record["robust_accuracy"]["pgd3"] < record["clean_accuracy"]  # the attack changed outcomes
+    fewer = invoke(["eval", out, "--no-cache", "--json", "--n-examples", "40", "--attacks", "pgd20"])  # options win
+    assert fewer.exit_code == 0, fewer.output
+    assert json.loads(fewer.output)["n_examples"] == 40 and list(json.loads(fewer.output)["robust_accuracy"]) == ["pgd20"]
 
     info = json.loads((out / "model_info.json").read_text())
     assert set(info) <= robustbench_model_info_fields()
@@ -224,7 +227,8 @@ def test_export_and_load_model_refuse_bad_input_in_one_line(finished, tmp_path):
             (["export", run, "--out", taken], "exists and is not an empty directory"),
             (["export", teacher, "--out", tmp_path / "a"], "a teacher directory"),
             (["export", tmp_path, "--out", tmp_path / "b"], "not a run directory of rkbench"),
-            (["eval", tmp_path / "taken", "--no-cache"], "not a finished run or teacher directory")]:
+            (["eval", tmp_path / "taken", "--no-cache"], "not a finished run or teacher directory"),
+            (["eval", run, "--model", run, "--no-cache"], "give the model once")]:
         result = invoke(args)
         assert result.exit_code == 2, result.output
         assert result.output.startswith("error: ") and expected in result.output and "Traceback" not in result.output
