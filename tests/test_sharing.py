@@ -356,3 +356,13 @@ def test_the_html_report_draws_each_runs_loss_curves_in_a_real_browser(finished,
     assert "CONSOLE" not in log, [line for line in log.splitlines() if "CONSOLE" in line]
     drawn_svg = re.search(rf'<svg class="loss-curve" data-run="{run.name}"[^>]*>', dom).group(0)
     assert float(re.search(r'data-length="([0-9.]+)"', drawn_svg).group(1)) > 0  # laid out as SVG lines
+
+
+def test_tensorboard_logging_without_the_package_is_one_line_before_any_training(tmp_path, monkeypatch):
+    suite_file = tmp_path / "share.yaml"
+    suite_file.write_text(yaml.safe_dump({**SUITE, "logging": {"tensorboard": True}}, sort_keys=False))
+    monkeypatch.setitem(__import__("sys").modules, "tensorboard", None)  # `import tensorboard` raises ImportError
+    result = invoke(["run", suite_file, "--results-dir", tmp_path / "results", "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: logging.tensorboard needs the tensorboard package")
+    assert not (tmp_path / "results" / "runs").exists() and not (tmp_path / "results" / "teachers").exists()
