@@ -1,8 +1,9 @@
 """Evaluate one model with the suite protocol, outside a suite: ``rkbench eval`` and ``rkbench.evaluate``.
 
 A model is given as a module or a spec string:
-- a run directory (``results/digits/runs/<id>``) or a teacher directory: the architecture is read
-  from its config.json, the weights from student.pt / teacher.pt;
+- a run directory (``results/digits/runs/<id>``), a teacher directory or an exported folder
+  (``rkbench export``): rebuilt from model.safetensors and its config (docs/sharing.md); a run of
+  an older rkbench from its config.json and student.pt / teacher.pt (weights_only=True);
 - ``SOURCE[:key=value,...]``, a teacher source with its options, e.g.
   ``checkpoint:model=resnet18,path=weights.pt``, ``pyautoattack``,
   ``robustbench:name=Carmon2019Unlabeled,dataset=cifar10,threat=Linf``.
@@ -50,10 +51,14 @@ def parse_spec(text: str) -> tuple[str, dict]:
     return name.strip(), options
 
 
-def dataset_from_spec(spec: str | TensorDataset) -> tuple[TensorDataset, dict]:
+def dataset_from_spec(spec: str | dict | TensorDataset) -> tuple[TensorDataset, dict]:
+    """A dataset from ``NAME[:key=value,...]``, ``{name, options}`` (a recorded protocol) or itself."""
     if isinstance(spec, TensorDataset):
         return spec, {"name": spec.name, "digest": tensor_digest([spec.x_test, spec.y_test])}
-    name, options = parse_spec(spec)
+    if isinstance(spec, dict):
+        name, options = spec.get("name", ""), dict(spec.get("options") or {})
+    else:
+        name, options = parse_spec(spec)
     try:
         DATASETS.check(name)
     except RkbenchError as exc:
@@ -79,11 +84,17 @@ def model_from_spec(spec: str, data: TensorDataset, threat: ThreatModel, device:
 
 
 def model_from_result_dir(path: Path, data: TensorDataset) -> nn.Module:
+    """A run or teacher directory, or an exported folder: rebuilt from model.safetensors and its
+    config (never unpickled); a run of an older rkbench from student.pt / teacher.pt (weights_only)."""
+    from .export import load_model
+
+    if (path / store.MODEL).is_file():
+        return load_model(path)
     config_path = path / store.CONFIG
     weights = next((path / f for f in (store.STUDENT, store.TEACHER) if (path / f).is_file()), None)
     if not config_path.is_file() or weights is None:
-        raise ConfigError(f"--model: {path} is not a finished run or teacher directory "
-                          f"(needs config.json and student.pt or teacher.pt)")
+        raise ConfigError(f"--model: {path} is not a finished run or teacher directory, nor an exported "
+                          f"model folder (needs model.safetensors, or config.json and student.pt or teacher.pt)")
     identity = store.read_json(config_path)["identity"]
     spec = identity.get("student") or {"model": identity.get("model"), "options": identity.get("model_options", {})}
     model = build_model(spec["model"], data.num_classes, data.input_shape, **spec.get("options", {}))
@@ -122,8 +133,11 @@ class Evaluation:
 
 def evaluate(model: nn.Module | str, dataset: str | TensorDataset = "digits", attacks=("pgd20",),
              threat: ThreatModel | dict | None = None, n_examples: int | None = None, cascade: bool = True,
-             batch_size: int = 500, device: str = "auto", cache_dir: str | Path | None = DEFAULT_CACHE) -> Evaluation:
-    """Evaluate one model with rkbench's protocol; ``attacks`` as in a suite's evaluation list."""
+             batch_size: int = 500, device: str = "auto", cache_dir: str | Path | None = DEFAULT_CACHE,
+             seed: int | None = None) -> Evaluation:
+    """Evaluate one model with rkbench's protocol; ``attacks`` as in a suite's evaluation list.
+    ``seed``: torch's global seed before the attacks, as a suite evaluates a run of that seed (random
+    starts then repeat the run's numbers); None leaves the random stream as it is."""
     threat = threat if isinstance(threat, ThreatModel) else validate_options(ThreatModel, threat or {}, "threat")
     evaluation = validate_options(EvaluationConfig, {"attacks": list(attacks), "n_examples": n_examples,
                                                      "batch_size": batch_size, "cascade": cascade}, "evaluation")
@@ -147,8 +161,10 @@ def evaluate(model: nn.Module | str, dataset: str | TensorDataset = "digits", at
     threat_dump = threat.model_dump(mode="json")
     cache = None
     if cache_dir is not None:
-        key = json.dumps({"weights": weights_digest(model), "data": data_identity, "n": x.shape[0],
-                          "threat": threat_dump}, sort_keys=True)
+        key = {"weights": weights_digest(model), "data": data_identity, "n": x.shape[0], "threat": threat_dump}
+        if seed is not None:  # seeded evaluations apart from unseeded ones (older cache keys unchanged)
+            key["seed"] = seed
+        key = json.dumps(key, sort_keys=True)
         cache = Path(cache_dir).expanduser() / hashlib.sha256(key.encode()).hexdigest()[:16]
     previous, recorded = None, None
     if cache is not None:
@@ -156,6 +172,8 @@ def evaluate(model: nn.Module | str, dataset: str | TensorDataset = "digits", at
         previous = reusable_previous(cache / store.PER_EXAMPLE, recorded, threat_dump, configs)
     built = {spec.label: build_attack(spec.name, threat, **spec.options) for spec in evaluation.attacks}
     cached = [label for label in configs if previous is not None and label in previous.evaluated]
+    if seed is not None:
+        torch.manual_seed(seed)  # as SuiteEvaluation.run does before a run's attacks
     result = run_evaluation(model, x.to(torch_device), y.to(torch_device), built, evaluation.batch_size,
                             previous=previous, exact=[s.label for s in evaluation.attacks if s.exact],
                             cascade=evaluation.cascade)
@@ -169,6 +187,32 @@ def evaluate(model: nn.Module | str, dataset: str | TensorDataset = "digits", at
         save_per_example(cache / store.PER_EXAMPLE, merged)
         store.write_json(cache / "attacks.json", {"threat": threat_dump, "attacks": {**kept_configs, **configs}})
     return Evaluation(result, configs, cached)
+
+
+def evaluate_as_recorded(model: str, dataset=None, attacks=None, norm: str | None = None, eps=None,
+                         n_examples: int | None = None, batch_size: int | None = None, cascade: bool = True,
+                         seed: int | None = None, device: str = "auto",
+                         cache_dir: str | Path | None = DEFAULT_CACHE) -> Evaluation:
+    """``rkbench eval``: an exported folder or a run directory with the protocol its suite evaluated
+    it with (dataset, examples, threat, attacks, cascade, batch size, the run's seed; see
+    ``export.recorded_protocol``); every argument given replaces the recorded value. Any other
+    model spec gets the defaults of ``evaluate`` (digits, pgd20, linf 8/255)."""
+    from .export import recorded_protocol
+
+    protocol = recorded_protocol(model) or {}
+    threat = dict(protocol.get("threat") or {"norm": "linf", "eps": "8/255"})
+    if norm is not None or eps is not None:
+        threat.pop("step_size", None)  # the default step of the new ball
+    if norm is not None:
+        threat["norm"] = norm
+    if eps is not None:
+        threat["eps"] = eps
+    return evaluate(model, dataset or protocol.get("dataset", "digits"),
+                    attacks if attacks is not None else protocol.get("attacks", ["pgd20"]), threat=threat,
+                    n_examples=n_examples if n_examples is not None else protocol.get("n_examples"),
+                    cascade=cascade and protocol.get("cascade", True),
+                    batch_size=batch_size or protocol.get("batch_size", 500), device=device, cache_dir=cache_dir,
+                    seed=seed if seed is not None else protocol.get("seed"))
 
 
 def _check_attack(spec: AttackSpec) -> None:
@@ -192,6 +236,10 @@ def run_planned(runner):
     """Teachers first, then every run of a planned ``SuiteRunner``, on the suite's executor (local by
     default; see executors.py). The runner never imports the executors: this is where they meet."""
     executor = check_executor(runner.suite)
+    if runner.suite.logging.tensorboard:
+        from .tensorboard_log import check_available
+
+        check_available()
     if runner.suite.training.threads:
         torch.set_num_threads(runner.suite.training.threads)
     runner.results_dir.mkdir(parents=True, exist_ok=True)

@@ -65,10 +65,12 @@ def main():
 @click.option("--timeout-min", type=int, help="slurm: time limit per job, minutes.")
 @click.option("--share-teacher", is_flag=True, help="Train runs with the same teacher, seed and training in "
               "lock-step: one teacher pass per batch for all (= training.share_teacher).")
+@click.option("--tensorboard", is_flag=True, help="Per-epoch curves under each run directory's tensorboard/ "
+              "(= logging.tensorboard; not part of run ids); view with tensorboard --logdir RESULTS_DIR.")
 @plugin_option
 @one_line_errors
 def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, executor, workers, partition, gpus_per_job,
-        timeout_min, share_teacher):
+        timeout_min, share_teacher, tensorboard):
     """Train, attack and rank every run of SUITE_FILE."""
     from .api import check_executor, run_planned
     from .cli_display import RichReporter, console, print_leaderboard, print_plan
@@ -80,6 +82,8 @@ def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, execut
     overrides = [*overrides, *(f"executor.{key}={value}" for key, value in flags.items() if value is not None)]
     if share_teacher:
         overrides.append("training.share_teacher=true")
+    if tensorboard:
+        overrides.append("logging.tensorboard=true")
     suite = load_suite(suite_file, overrides)
     check_executor(suite, str(suite_file))
     runner = SuiteRunner(suite, results_dir, retry_failed=retry_failed)
@@ -212,18 +216,21 @@ def compare(items, results_dir, metrics, fmt, alpha, out):
 
 
 @main.command(name="eval")
-@click.option("--model", "model_spec", required=True, metavar="SPEC",
-              help="A run/teacher directory, or SOURCE[:key=value,...], e.g. pyautoattack or "
-                   "checkpoint:model=resnet18,path=w.pt.")
-@click.option("--dataset", "dataset_spec", default="digits", show_default=True, metavar="SPEC",
-              help="NAME[:key=value,...], e.g. npz:path=../shared/data/cifar10-slice.npz.")
-@click.option("--attacks", default="pgd20", show_default=True,
-              help="Comma-separated attack names or presets (rkbench list attacks).")
-@click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
-@click.option("--eps", default="8/255", show_default=True, help="Radius of the threat model (0.031 or 8/255).")
-@click.option("--n-examples", type=int, help="First N test examples (default: all).")
-@click.option("--batch-size", type=int, default=500, show_default=True)
+@click.argument("model_arg", required=False, metavar="[MODEL]")
+@click.option("--model", "model_spec", metavar="SPEC",
+              help="A run/teacher directory, an exported folder (rkbench export), or SOURCE[:key=value,...], e.g. "
+                   "pyautoattack or checkpoint:model=resnet18,path=w.pt (or give it as the argument MODEL).")
+@click.option("--dataset", "dataset_spec", metavar="SPEC",
+              help="NAME[:key=value,...], e.g. npz:path=../shared/data/cifar10-slice.npz. Default: the protocol "
+                   "recorded in an exported folder or run directory, else digits.")
+@click.option("--attacks", help="Comma-separated attack names or presets (rkbench list attacks). Default: the "
+                                "recorded protocol's, else pgd20.")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), help="Default: the recorded protocol's, else linf.")
+@click.option("--eps", help="Radius of the threat model (0.031 or 8/255). Default: the recorded protocol's, else 8/255.")
+@click.option("--n-examples", type=int, help="First N test examples (default: the recorded protocol's, else all).")
+@click.option("--batch-size", type=int, help="Default: the recorded protocol's, else 500.")
 @click.option("--no-cascade", is_flag=True, help="Run every attack on every example (every column exact).")
+@click.option("--seed", type=int, help="torch's seed before the attacks (default: the recorded run's seed, else none).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("~/.cache/rkbench/eval"),
               show_default=True, help="Per-example results cache.")
@@ -231,21 +238,41 @@ def compare(items, results_dir, metrics, fmt, alpha, out):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @plugin_option
 @one_line_errors
-def eval_(model_spec, dataset_spec, attacks, norm, eps, n_examples, batch_size, no_cascade, device, cache_dir,
-          no_cache, as_json):
-    """Evaluate one model with the same protocol as a suite and print a table."""
+def eval_(model_arg, model_spec, dataset_spec, attacks, norm, eps, n_examples, batch_size, no_cascade, seed, device,
+          cache_dir, no_cache, as_json):
+    """Evaluate one model with the same protocol as a suite and print a table. An exported folder or a
+    run directory is evaluated with the protocol its suite used (same examples, attacks and seed)
+    unless options say otherwise."""
     import json
 
-    from .api import evaluate
+    from .api import evaluate_as_recorded
     from .cli_display import print_evaluation
+    from .errors import ConfigError
 
-    evaluation = evaluate(model_spec, dataset_spec, [a.strip() for a in attacks.split(",") if a.strip()],
-                          threat={"norm": norm, "eps": eps}, n_examples=n_examples, cascade=not no_cascade,
-                          batch_size=batch_size, device=device, cache_dir=None if no_cache else cache_dir)
+    if (model_arg is None) == (model_spec is None):
+        raise ConfigError("give the model once: rkbench eval MODEL, or --model SPEC")
+    model_spec = model_spec or model_arg
+    evaluation = evaluate_as_recorded(
+        model_spec, dataset=dataset_spec, attacks=[a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,
+        norm=norm, eps=eps, n_examples=n_examples, batch_size=batch_size, cascade=not no_cascade, seed=seed,
+        device=device, cache_dir=None if no_cache else cache_dir)
     if as_json:
         click.echo(json.dumps(evaluation.summary(), indent=2))
     else:
         print_evaluation(model_spec, evaluation)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), metavar="RUN_DIR")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="A new (or empty) folder: model.safetensors, config.json, MODEL_CARD.md, model_info.json.")
+@one_line_errors
+def export(run_dir, out):
+    """Write a finished run's student as a self-contained model folder to share (docs/sharing.md)."""
+    from .export import export_run
+
+    for path in export_run(run_dir, out):
+        click.echo(f"wrote {path}")
 
 
 @main.command(name="list")

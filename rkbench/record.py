@@ -6,7 +6,9 @@ The schema has a version of its own, ``record_version``:
 
 - 1: files written before the record had a version (the same fields, no ``record_version`` key);
   they read as they are;
-- 2: this schema.
+- 2: ``record_version`` written;
+- 3: this schema: ``losses`` (the mean total loss per epoch) added; files of version 1 and 2 read as
+  they are.
 
 A file with a newer version than this rkbench knows, a field of the wrong type or a field the
 schema does not have is not read as a result: one line says which. Nothing here imports torch
@@ -24,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from . import store
 from .errors import RkbenchError
 
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 
 Accuracy = Annotated[float, Field(ge=0, le=1)]
 Seconds = Annotated[float, Field(ge=0)]
@@ -64,6 +66,7 @@ class RunRecord(BaseModel):
     # training
     train_seconds: Seconds | None = None
     loss_terms: list[dict[str, float]] | None = None  # per epoch, the mean of each named loss term
+    losses: list[float] | None = None  # per epoch, the mean total loss (every method; version 3)
 
     # the network
     parameters: int | None = Field(None, ge=0)

@@ -22,6 +22,7 @@ from .suite import RunSpec, Suite, expand
 from .suite_evaluation import SuiteEvaluation
 from .teacher_cache import TeacherCache
 from .train import TrainJob, Trainer, resolve_device
+from .weights import fit_weights, load_state_dict, model_config, save_model
 
 
 @dataclass
@@ -45,6 +46,8 @@ class _Pending:
     train_seconds: float | None = None
     error: BaseException | None = None
     loss_terms: list | None = None  # per epoch, the mean of each named loss term (methods that name them)
+    losses: list | None = None  # per epoch, the mean total loss
+    tensorboard: object | None = None  # its TensorBoardLog while it trains (logging.tensorboard)
 
 
 @dataclass
@@ -171,6 +174,8 @@ class SuiteRunner:
                 for pending in group:
                     run = pending.run
                     outcome = (self._fail(run, pending.error) if pending.error is not None else self._finish(pending))
+                    if pending.tensorboard is not None:  # a failed run: its curves so far stay on disk
+                        pending.tensorboard.close()
                     outcomes[run.run_id] = outcome
                     if len(runs) > 1:
                         write_leaderboard(self.results_dir)
@@ -201,7 +206,7 @@ class SuiteRunner:
     @staticmethod
     def _reusable(directory: Path, record: RunRecord | None) -> bool:
         """A finished run whose weights are on disk: evaluated again if needed, never retrained."""
-        return record is not None and record.finished and (directory / store.STUDENT).is_file()
+        return record is not None and record.finished and store.weights_file(directory, store.STUDENT) is not None
 
     def _lockstep_key(self, run: RunSpec) -> tuple:
         """Fresh runs with equal keys train in lock-step; a run to reuse or resume trains alone."""
@@ -222,20 +227,23 @@ class SuiteRunner:
         store.remove_stale_temporaries(directory)  # left by a process killed mid-write
         title = f"{run.student.name} <- {run.method.label}" + (f" ({run.teacher.label})" if run.teacher else "")
         store.write_json(directory / store.CONFIG, {**run.describe(), "identity": run.identity(),
-                                                    "suite": self.suite.name})
-        weights = directory / store.STUDENT
+                                                    "suite": self.suite.name,
+                                                    # how it is evaluated: `rkbench eval` / export repeat it
+                                                    "evaluation": self.suite.evaluation.model_dump(mode="json")})
         reuse = self._reusable(directory, record)
         # the teacher before the seed: loading it (fresh process, worker, job) must not move the
         # random stream the student's initialization and training draw from
         teacher = self.teachers.of(run.teacher) if run.teacher and not reuse else None
         torch.manual_seed(run.seed)
         student = build_model(run.student.model, self.data.num_classes, self.data.input_shape, **run.student.options)
-        if reuse:
-            student.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        if reuse:  # model.safetensors, never unpickled (student.pt of older runs: weights_only=True)
+            weights = store.weights_file(directory, store.STUDENT)
+            fit_weights(student, load_state_dict(weights, strip_prefix=""), weights, f"student {run.student.model}")
         method = build_method(run.method.method, run.method.params, self.suite.threat, run.seed,
                               run.protocol.attack_mode)
         return _Pending(run, directory, title, reuse, student, teacher, method,
-                        record.train_seconds if record else None, loss_terms=record.loss_terms if record else None)
+                        record.train_seconds if record else None, loss_terms=record.loss_terms if record else None,
+                        losses=record.losses if record else None)
 
     def _train_group(self, group: list["_Pending"]) -> None:
         if not group:
@@ -247,9 +255,11 @@ class SuiteRunner:
         jobs = []
         for pending in group:
             log_path = pending.directory / store.LOG
+            pending.tensorboard = self._tensorboard(pending.directory)
             jobs.append(TrainJob(pending.student, pending.method, pending.run.seed, pending.directory,
                                  log=lambda line, path=log_path: store.append_log(path, line),
-                                 on_epoch=self.reporter.epoch_callback(pending.title)))
+                                 on_epoch=self.reporter.epoch_callback(pending.title),
+                                 on_epoch_end=pending.tensorboard.epoch if pending.tensorboard else None))
         trainer = Trainer(first.run.training, self.device)
         try:
             trainer.fit_many(jobs, self.data, teacher=first.teacher)
@@ -262,18 +272,30 @@ class SuiteRunner:
             if job.error is None:
                 pending.train_seconds = job.result.train_seconds
                 pending.loss_terms = job.result.loss_terms or None
-                store.atomic_write(pending.directory / store.STUDENT,
-                                   lambda h, model=pending.student: torch.save(model.state_dict(), h), mode="wb")
+                pending.losses = job.result.losses or None
+                self._save_student(pending)
+
+    def _save_student(self, pending: "_Pending") -> None:
+        """The trained student as ``model.safetensors`` and ``model.json`` (docs/sharing.md); a
+        ``student.pt`` left by an older rkbench is removed (it no longer holds these weights)."""
+        run, directory = pending.run, pending.directory
+        config = model_config(pending.student, run.student.model, run.student.options, self.data.num_classes,
+                              self.data.input_shape)
+        save_model(pending.student, directory / store.MODEL, config)
+        store.write_json(directory / store.MODEL_CONFIG, config)
+        (directory / store.STUDENT).unlink(missing_ok=True)
 
     def _finish(self, pending: "_Pending") -> RunOutcome:
         run, directory, student = pending.run, pending.directory, pending.student
         try:
             result = self.evaluation.run(student, directory, pending.title, seed=run.seed)
-            write_record(directory, RunRecord(
+            record = RunRecord(
                 **self._described(run), status="finished", train_seconds=pending.train_seconds,
-                loss_terms=pending.loss_terms or None, parameters=count_parameters(student),
-                madds=try_count_madds(student, self.data.input_shape), diagnostics=self.diagnostics(run, student),
-                **self.evaluation.record_fields(result)))
+                loss_terms=pending.loss_terms or None, losses=pending.losses or None,
+                parameters=count_parameters(student), madds=try_count_madds(student, self.data.input_shape),
+                diagnostics=self.diagnostics(run, student), **self.evaluation.record_fields(result))
+            write_record(directory, record)
+            self._log_record(pending, record)
             # kept until now: killed while evaluating, the run resumes at its last epoch, not from scratch
             (directory / store.CHECKPOINT).unlink(missing_ok=True)
             return RunOutcome(run, "finished")
@@ -281,6 +303,29 @@ class SuiteRunner:
             raise
         except Exception as exc:  # recorded, reported, the suite goes on
             return self._fail(run, exc)
+
+    # -- TensorBoard (logging.tensorboard; rkbench/tensorboard_log.py) ---------------------------
+    def _tensorboard(self, directory: Path):
+        """A run's (or teacher's) TensorBoardLog, or None when the suite does not log to TensorBoard."""
+        if not self.suite.logging.tensorboard:
+            return None
+        from .tensorboard_log import TensorBoardLog
+
+        return TensorBoardLog(directory)
+
+    def _log_record(self, pending: "_Pending", record: RunRecord) -> None:
+        """The record's per-epoch series (validation values, if any) and test evaluation, then close."""
+        try:
+            board = pending.tensorboard or self._tensorboard(pending.directory)
+            if board is None:
+                return
+            try:
+                board.record(record.model_dump(mode="json"), len(record.losses or []) or pending.run.training.epochs)
+            finally:
+                board.close()
+                pending.tensorboard = None
+        except Exception as exc:  # a view of the run, never a reason to lose it
+            store.append_log(pending.directory / store.LOG, f"warning: TensorBoard log not written: {exc}")
 
     @staticmethod
     def _described(run: RunSpec) -> dict:

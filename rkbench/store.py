@@ -20,7 +20,9 @@ TEACHERS = "teachers"
 CONFIG = "config.json"
 METRICS = "metrics.json"
 PER_EXAMPLE = "per_example.npz"
-STUDENT = "student.pt"
+MODEL = "model.safetensors"  # a student's or an in-suite teacher's weights (docs/sharing.md)
+MODEL_CONFIG = "model.json"  # ... and how to rebuild the network around them
+STUDENT = "student.pt"  # weights written before model.safetensors (still read, weights_only=True)
 TEACHER = "teacher.pt"
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.txt"
@@ -93,6 +95,15 @@ def read_json_or_none(path: Path) -> Any:
         return read_json(path) if Path(path).is_file() else None
     except (OSError, ValueError):
         return None
+
+
+def weights_file(directory: Path, legacy: str) -> Path | None:
+    """A run's (or teacher's) weights: ``model.safetensors``, else the ``legacy`` torch file
+    (``student.pt`` / ``teacher.pt`` of older runs), else None."""
+    for name in (MODEL, legacy):
+        if (Path(directory) / name).is_file():
+            return Path(directory) / name
+    return None
 
 
 def run_dir(results_dir: Path, run_id: str) -> Path:

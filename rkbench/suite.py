@@ -285,6 +285,14 @@ class ExecutorConfig(BaseModel):
 
 
 
+class LoggingConfig(Strict):
+    """The suite's ``logging:`` section: live views of training (not part of any run id)."""
+
+    tensorboard: bool = Field(False, description="per-epoch scalars (loss terms, learning rate, training "
+                              "accuracy, validation values) under each run directory's tensorboard/; "
+                              "`tensorboard --logdir results/<suite>` shows every run")
+
+
 class Suite(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="results go to results/<name>/")
     description: str = Field("", description="free text, for readers of the suite")
@@ -301,6 +309,8 @@ class Suite(Strict):
     protocol: Protocol = Field(default_factory=Protocol, description="the training-attack protocol (see protocol)")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig,  # where runs execute (not in run ids)
                                      description="where runs execute; not part of run ids (see executor)")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig,
+                                   description="live views of training; not part of run ids (see logging)")
     # published numbers of suite rows (not in run ids): reports show them beside the measured ones
     references: list[Reference] = Field(default_factory=list, description="published numbers of suite rows, "
                                                                           "shown beside the measured ones")
@@ -320,7 +330,7 @@ class Suite(Strict):
             return entries
         return value
 
-    @field_validator("threat", "protocol", mode="before")
+    @field_validator("threat", "protocol", "logging", mode="before")
     @classmethod
     def _empty_section(cls, value):
         return value if value is not None else {}

@@ -23,6 +23,7 @@ from .suite import RunSpec, Suite, TeacherPlan
 from .suite_evaluation import SuiteEvaluation
 from .teachers import TEACHER_SOURCES, TeacherContext
 from .train import Trainer
+from .weights import model_config, save_model
 
 
 class TeacherCache:
@@ -66,7 +67,7 @@ class TeacherCache:
     def ready(self, plan: TeacherPlan) -> bool:
         """Whether the teacher's files are complete (weights if trained, a current evaluation)."""
         directory = self.directory(plan)
-        if TEACHER_SOURCES.get(plan.spec.source).trains and not (directory / store.TEACHER).is_file():
+        if TEACHER_SOURCES.get(plan.spec.source).trains and store.weights_file(directory, store.TEACHER) is None:
             return False
         return self.evaluation.current(current_record(directory))
 
@@ -79,11 +80,11 @@ class TeacherCache:
         directory = self.directory(plan)
         source = TEACHER_SOURCES.get(plan.spec.source)()
         params = source.Params(**plan.spec.options)
-        weights = directory / store.TEACHER
+        weights = store.weights_file(directory, store.TEACHER)  # model.safetensors (teacher.pt: older runs)
         data = self._data()
         context = TeacherContext(data, self.suite.threat, self.device, plan.training, directory)
         record = current_record(directory)
-        if source.trains and weights.is_file():
+        if source.trains and weights is not None:
             model = source.restore(params, context, weights)
             train_seconds = record.train_seconds if record else None
         else:
@@ -95,7 +96,7 @@ class TeacherCache:
             model = source.build(params, context)
             train_seconds = time.perf_counter() - started if source.trains else None
             if source.trains:
-                store.atomic_write(weights, lambda h: torch.save(model.state_dict(), h), mode="wb")
+                self._save(model, source.model_spec(params), data, directory)
                 (directory / store.CHECKPOINT).unlink(missing_ok=True)
         model = model.to(self.device).eval()
         model.requires_grad_(False)
@@ -111,6 +112,14 @@ class TeacherCache:
         self._loaded[plan.teacher_id] = model
         return model
 
+    @staticmethod
+    def _save(model: torch.nn.Module, spec: tuple[str, dict] | None, data: TensorDataset, directory: Path) -> None:
+        """A trained teacher as ``model.safetensors`` and ``model.json`` (docs/sharing.md)."""
+        architecture, options = spec or (None, {})
+        config = model_config(model, architecture, options, data.num_classes, data.input_shape)
+        save_model(model, directory / store.MODEL, config)
+        store.write_json(directory / store.MODEL_CONFIG, config)
+
     def _trainer_for(self, plan: TeacherPlan) -> Callable:
         """``TeacherContext.train`` for a source that trains: the shared trainer with the plan's
         training section, checkpointing in the teacher's directory (a killed teacher resumes)."""
@@ -118,8 +127,18 @@ class TeacherCache:
         def train(model, method_name: str, method_params: dict, seed: int, work_dir: Path | None):
             method = build_method(method_name, method_params, self.suite.threat, seed, self.suite.protocol.attack_mode)
             log_path = work_dir / store.LOG if work_dir else None
+            board = None
+            if self.suite.logging.tensorboard and work_dir:  # the teacher's curves beside the runs' (tensorboard_log.py)
+                from .tensorboard_log import TensorBoardLog
+
+                board = TensorBoardLog(work_dir)
             trainer = Trainer(plan.training, self.device, work_dir, on_epoch=self.on_epoch(f"teacher {plan.spec.name}"),
-                              log=(lambda line: store.append_log(log_path, line)) if log_path else None)
-            return trainer.fit(model, method, self._data(), seed=seed).model
+                              log=(lambda line: store.append_log(log_path, line)) if log_path else None,
+                              on_epoch_end=board.epoch if board else None)
+            try:
+                return trainer.fit(model, method, self._data(), seed=seed).model
+            finally:
+                if board is not None:
+                    board.close()
 
         return train

@@ -23,6 +23,7 @@ from .data import TensorDataset
 from .data.augment import augment
 from .errors import RkbenchError
 from .methods import Batch, Method, total_loss
+from .methods.base import model_mode
 from .performance import Performance
 from .store import CHECKPOINT, atomic_write
 
@@ -92,6 +93,9 @@ class TrainJob:
     work_dir: Path | None = None
     log: Callable[[str], None] | None = None
     on_epoch: Callable[[int, int, float], None] | None = None
+    # (epoch, {name: value}) after each epoch's checkpoint: loss, loss_terms/<name>, learning_rate,
+    # train_accuracy (computed only when this is set); the TensorBoard log plugs in here
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None
     # filled while training
     error: BaseException | None = None
     result: TrainResult | None = None
@@ -194,12 +198,14 @@ class _JobState:
 
 class Trainer:
     def __init__(self, config, device: torch.device, work_dir: Path | None = None,
-                 on_epoch: Callable[[int, int, float], None] | None = None, log: Callable[[str], None] | None = None):
+                 on_epoch: Callable[[int, int, float], None] | None = None, log: Callable[[str], None] | None = None,
+                 on_epoch_end: Callable[[int, dict[str, float]], None] | None = None):
         self.config = config  # a suite TrainingConfig
         self.device = device
         self.work_dir = Path(work_dir) if work_dir else None
         self.on_epoch = on_epoch
         self.log = log or (lambda line: None)
+        self.on_epoch_end = on_epoch_end
 
     def epochs_for(self, method: Method) -> int:
         # the free family replays every batch m times: dividing epochs keeps the cost of plain training
@@ -207,7 +213,7 @@ class Trainer:
 
     def fit(self, student: nn.Module, method: Method, data: TensorDataset, teacher: Teachers = None,
             seed: int = 0) -> TrainResult:
-        job = TrainJob(student, method, seed, self.work_dir, self.log, self.on_epoch)
+        job = TrainJob(student, method, seed, self.work_dir, self.log, self.on_epoch, self.on_epoch_end)
         self.fit_many([job], data, teacher)
         if job.error is not None:
             raise job.error
@@ -327,6 +333,11 @@ class Trainer:
                 state.save(epoch, device, data_generator)
                 if job.on_epoch:
                     job.on_epoch(epoch + 1, epochs, state.losses[-1])
+                if job.on_epoch_end:
+                    job.on_epoch_end(epoch + 1, {
+                        "loss": state.losses[-1], **{f"loss_terms/{name}": value for name, value in terms.items()},
+                        "learning_rate": state.optimizer.param_groups[0]["lr"],
+                        "train_accuracy": train_accuracy(job.student, x_train, y_train, config.batch_size, performance)})
         for state in states:
             job = state.job
             performance.release_model(job.student)  # before finish(): methods may copy weights there
@@ -344,6 +355,25 @@ class Trainer:
             state.loss_count += 1
             for name, value in terms.items():
                 state.term_sums[name] = state.term_sums.get(name, 0.0) + value
+
+
+TRAIN_ACCURACY_EXAMPLES = 1000
+
+
+def train_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                   performance: Performance) -> float:
+    """The clean accuracy, in eval mode and without augmentation, on the first
+    ``TRAIN_ACCURACY_EXAMPLES`` training examples (the held-out ones excluded): the same examples
+    every epoch and for every method. No gradient, no random draw, no BatchNorm update: training
+    goes on exactly as without it."""
+    n = min(x.shape[0], TRAIN_ACCURACY_EXAMPLES)
+    correct = 0
+    with torch.no_grad(), model_mode(model, False):
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            xb = performance.formatted(performance.transfer(x[start:stop]))
+            correct += int((model(xb).argmax(1) == performance.transfer(y[start:stop])).sum())
+    return correct / max(n, 1)
 
 
 def train_step(student: nn.Module, method: Method, batch: Batch, optimizer: torch.optim.Optimizer,

@@ -1,5 +1,8 @@
-"""Weight files, read the one way: safely (``weights_only=True``), with one clear line for a
-missing file, an HTML page saved under a checkpoint's name, or a state dict that does not fit.
+"""Weight files, read the one way: safely, with one clear line for a missing file, an HTML page
+saved under a checkpoint's name, or a state dict that does not fit. A ``.safetensors`` file is read
+by safetensors (a JSON header and raw tensor bytes: nothing is unpickled); any other file by
+``torch.load(weights_only=True)``. rkbench writes its students and in-suite teachers with
+``save_model``: ``model.safetensors`` beside a small JSON config saying how to rebuild the network.
 
 A neutral room: model files (``models/timm.py``) and teacher sources both use it, so no model
 file reaches up into ``teachers/``.
@@ -7,6 +10,7 @@ file reaches up into ``teachers/``.
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -15,6 +19,11 @@ import torch
 from torch import nn
 
 from .errors import DataUnavailableError
+from .store import atomic_write
+
+MODEL_FORMAT = "rkbench-model"  # the ``format`` of a model config (model.json, an export's config.json)
+MODEL_FORMAT_VERSION = 1
+METADATA_KEY = "rkbench_config"  # the model config, also inside the safetensors header
 
 _SHA256_CACHE: dict[tuple, str] = {}
 
@@ -48,18 +57,72 @@ def check_not_html(path: Path) -> None:
                                    f"delete it and fetch the file again")
 
 
+def model_config(model: nn.Module, architecture: str, options: dict, num_classes: int,
+                 input_shape) -> dict:
+    """What rebuilds ``model`` around its weights: the registered architecture and its options, the
+    number of classes, the input size, and where normalization happens (inside the model, on
+    pixels in [0, 1], with the mean and std it holds; or nowhere)."""
+    if getattr(model, "normalize", False) and hasattr(model, "mean"):
+        normalization = {"where": "inside the model", "mean": model.mean.flatten().tolist(),
+                         "std": model.std.flatten().tolist()}
+    else:
+        normalization = {"where": "none"}
+    return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "architecture": architecture,
+            "options": dict(options or {}), "num_classes": int(num_classes),
+            "input_shape": [int(d) for d in input_shape], "input_range": [0.0, 1.0],
+            "normalization": normalization}
+
+
+def save_model(model: nn.Module, path: Path, config: dict) -> None:
+    """``model``'s weights as safetensors at ``path`` (the config in its header too), written atomically.
+    Every tensor is copied contiguous (tied weights are saved once per name, loaded strictly)."""
+    from safetensors.torch import save
+
+    tensors = {name: value.detach().to("cpu").contiguous().clone() for name, value in model.state_dict().items()}
+    data = save(tensors, metadata={"format": "pt", METADATA_KEY: json.dumps(config, sort_keys=True)})
+    atomic_write(Path(path), lambda handle: handle.write(data), mode="wb")
+
+
+def safetensors_config(path: Path) -> dict | None:
+    """The model config in a safetensors file's header (read without loading the tensors), or None."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            text = (handle.metadata() or {}).get(METADATA_KEY)
+    except Exception as exc:  # safetensors raises its own error types for a bad header
+        raise DataUnavailableError(f"{path} is not a readable safetensors file: {_first_line(exc)}") from exc
+    return json.loads(text) if text else None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # SafetensorError, OSError: one line, never a traceback
+        raise DataUnavailableError(f"{path} is not a readable safetensors file: {_first_line(exc)}") from exc
+
+
 def load_state_dict(path: Path, key: str | None = None, strip_prefix: str = "module.") -> dict:
     """Load weights safely, with one clear line for a missing file or a file that is not torch's
-    (an HTML error page saved as .pt happens with model mirrors)."""
+    (an HTML error page saved as .pt happens with model mirrors). ``.safetensors`` files are read
+    by safetensors, which never unpickles; others with ``weights_only=True``."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataUnavailableError(f"checkpoint not found: {path}")
     check_not_html(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise DataUnavailableError(f"{path} is not a loadable torch checkpoint: {first}") from exc
+    if path.suffix == ".safetensors":
+        state = _read_safetensors(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as exc:
+            raise DataUnavailableError(f"{path} is not a loadable torch checkpoint: {_first_line(exc)}") from exc
     if key is not None:
         if not isinstance(state, dict) or key not in state:
             raise DataUnavailableError(f"{path} has no entry {key!r}")

@@ -97,7 +97,7 @@ def test_runs_without_a_teacher_start_while_it_trains(tmp_path):
                                             executor={"workers": 2}))
     run_suite(suite, tmp_path)
     (teacher_dir,) = (tmp_path / store.TEACHERS).iterdir()
-    ready = (teacher_dir / store.TEACHER).stat().st_mtime
+    ready = (teacher_dir / store.MODEL).stat().st_mtime
     started, finished = {}, {}  # config.json is written when a run starts, metrics.json when it ends
     for directory in (tmp_path / store.RUNS).iterdir():
         method = store.read_json(directory / store.CONFIG)["method"]
@@ -164,7 +164,7 @@ def test_every_written_file_follows_the_umask(tmp_path, mask):
     finally:
         os.umask(old)
     files = [path for path in tmp_path.rglob("*") if path.is_file()]
-    assert {"config.json", "metrics.json", "per_example.npz", "student.pt", "log.txt",
+    assert {"config.json", "metrics.json", "per_example.npz", "model.safetensors", "log.txt",
             "leaderboard.md"} <= {path.name for path in files}
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path

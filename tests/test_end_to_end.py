@@ -4,6 +4,7 @@ import os
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 import yaml
 from click.testing import CliRunner
 
@@ -62,12 +63,12 @@ def test_run_directories_hold_config_metrics_checkpoint_log(finished):
     runs = sorted((results / "runs").iterdir())
     assert len(runs) == 8
     for run in runs:
-        assert {"config.json", "metrics.json", "student.pt", "log.txt", "per_example.npz"} <= {p.name for p in run.iterdir()}
+        assert {"config.json", "metrics.json", "model.safetensors", "log.txt", "per_example.npz"} <= {p.name for p in run.iterdir()}
         assert not list(run.glob("*.tmp")) and not (run / "checkpoint.pt").exists()
     for run_id, record in records(results).items():
         assert record.run_id == run_id and record.n_examples == 100
     teachers = list((results / "teachers").iterdir())
-    assert len(teachers) == 1 and (teachers[0] / "teacher.pt").is_file()
+    assert len(teachers) == 1 and (teachers[0] / "model.safetensors").is_file()
     (teacher,) = records(results, "teachers").values()
     assert (teacher.protocol, teacher.attack_mode) == ("eval", "eval")
     config = json.loads((teachers[0] / "config.json").read_text())
@@ -89,7 +90,7 @@ def test_metrics_match_the_saved_student(finished, digits):
     _, results, _ = finished
     record = next(r for r in records(results).values() if r.method == "natural")
     model = build_model(record.model, 10, (1, 8, 8), **({"hidden": 32} if record.model == "mlp" else {}))
-    model.load_state_dict(torch.load(results / "runs" / record.run_id / "student.pt", weights_only=True))
+    model.load_state_dict(load_file(results / "runs" / record.run_id / "model.safetensors"))
     with torch.no_grad():
         clean = (model.eval()(digits.x_test[:100]).argmax(1) == digits.y_test[:100]).float().mean().item()
     assert clean == pytest.approx(record.clean_accuracy)
@@ -112,10 +113,10 @@ def test_report_rebuilds_the_same_table_from_files(finished, fmt, tmp_path):
 
 def test_rerun_skips_finished_runs(finished):
     suite, results, _ = finished
-    stamps = {p: p.stat().st_mtime_ns for p in (results / "runs").glob("*/student.pt")}
+    stamps = {p: p.stat().st_mtime_ns for p in (results / "runs").glob("*/model.safetensors")}
     result = CliRunner().invoke(main, ["run", str(suite), "--results-dir", str(results), "--quiet"])
     assert result.exit_code == 0
-    assert stamps == {p: p.stat().st_mtime_ns for p in (results / "runs").glob("*/student.pt")}
+    assert stamps == {p: p.stat().st_mtime_ns for p in (results / "runs").glob("*/model.safetensors")}
     assert not any(line.startswith("training ") for line in result.output.splitlines())  # the runner's messages
 
 
@@ -145,8 +146,8 @@ def test_share_teacher_lockstep_equals_separate_runs(finished, tmp_path):
     together = pd.read_csv(shared / "leaderboard.csv").drop(columns=["train_s"], errors="ignore")
     pd.testing.assert_frame_equal(separate, together)
     for run in (results / "runs").iterdir():
-        a = torch.load(run / "student.pt", weights_only=True)
-        b = torch.load(shared / "runs" / run.name / "student.pt", weights_only=True)
+        a = load_file(run / "model.safetensors")
+        b = load_file(shared / "runs" / run.name / "model.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a)
     logs = [(shared / "runs" / r / "log.txt").read_text() for r in os.listdir(shared / "runs")]
     assert sum("in lock-step with" in log for log in logs) >= 2

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 import yaml
 from click.testing import CliRunner
 
@@ -96,7 +97,7 @@ def test_sigkill_mid_training_then_rerun_resumes_and_matches(suite_file, referen
     process.wait()
     process.stderr.close()
     assert not (slow / "metrics.json").exists(), "the kill came too late: the run had finished"
-    finished = {p: p.stat().st_mtime_ns for p in (tmp_path / "results" / "runs").glob("*/student.pt")}
+    finished = {p: p.stat().st_mtime_ns for p in (tmp_path / "results" / "runs").glob("*/model.safetensors")}
     assert len(finished) == 2  # natural and kd were done before the kill
 
     rerun = subprocess.run(cli("run", suite_file, "--results-dir", tmp_path / "results", "--quiet"),
@@ -107,8 +108,8 @@ def test_sigkill_mid_training_then_rerun_resumes_and_matches(suite_file, referen
     assert not (slow / "checkpoint.pt").exists() and not list(slow.glob(".*.tmp"))
     assert metrics_of(tmp_path / "results") == metrics_of(reference)  # as if never interrupted
     for run in runs:  # and bit for bit the same weights
-        resumed = torch.load(tmp_path / "results" / "runs" / run.run_id / "student.pt", weights_only=True)
-        uninterrupted = torch.load(reference / "runs" / run.run_id / "student.pt", weights_only=True)
+        resumed = load_file(tmp_path / "results" / "runs" / run.run_id / "model.safetensors")
+        uninterrupted = load_file(reference / "runs" / run.run_id / "model.safetensors")
         assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted), run.method.label
 
 

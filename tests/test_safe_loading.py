@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 import yaml
 from click.testing import CliRunner
 
@@ -62,7 +63,7 @@ def run_suite(suite_file: Path, results: Path):
 def outcome(results: Path, run_id: str) -> tuple[dict, dict]:
     directory = results / "runs" / run_id
     metrics = {k: v for k, v in json.loads((directory / "metrics.json").read_text()).items() if k not in TIMING}
-    return metrics, torch.load(directory / "student.pt", weights_only=True)
+    return metrics, load_file(directory / "model.safetensors")
 
 
 @pytest.fixture(scope="module")

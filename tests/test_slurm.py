@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 import yaml
 from click.testing import CliRunner
 
@@ -101,7 +102,7 @@ def log_of(results: Path) -> str:
 
 
 def same_weights(a: Path, b: Path) -> bool:
-    first, second = (torch.load(next(p.glob("runs/*/student.pt")), weights_only=True) for p in (a, b))
+    first, second = (load_file(next(p.glob("runs/*/model.safetensors"))) for p in (a, b))
     return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 

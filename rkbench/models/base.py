@@ -75,5 +75,12 @@ def check_model_options(name: str, options: dict) -> dict:
     return hook(options) if hook else options
 
 
+def rebuild_options(name: str, options: dict) -> dict:
+    """The options that rebuild a trained ``name`` around saved weights: without those that only
+    choose its starting weights (a factory's ``init_options``, e.g. timm's ``checkpoint``)."""
+    dropped = set(getattr(MODELS.get(name), "init_options", ()))
+    return {key: value for key, value in (options or {}).items() if key not in dropped}
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

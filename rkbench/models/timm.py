@@ -127,6 +127,7 @@ def timm_model(num_classes: int, in_channels: int, image_size: int, arch: str = 
 
 
 timm_model.check_options = check_options  # models.base.check_model_options calls it
+timm_model.init_options = ("checkpoint", "checkpoint_sha256")  # the starting weights: not needed to rebuild it
 
 
 def load_weights(wrapped: TimmClassifier, path: Path, arch: str) -> None:

@@ -75,6 +75,8 @@ class Results:
     duplicates: list[str] = field(default_factory=list)  # run ids met more than once
     sources: list[str] = field(default_factory=list)  # the result directories read
     suites: list[str] = field(default_factory=list)
+    # run id -> its per-epoch losses from metrics.json: {"title", "losses", "loss_terms"} (the HTML's curves)
+    curves: dict[str, dict] = field(default_factory=dict)
 
     @property
     def several_suites(self) -> bool:
@@ -223,6 +225,7 @@ def collect(paths) -> Results:
     """Read and merge the result directories; derive teacher columns, transfer ratio and delta_at."""
     dirs = result_dirs(paths)
     runs: dict[str, dict] = {}
+    curves: dict[str, dict] = {}
     teachers: dict[tuple[str, str], dict] = {}  # per directory: a teacher evaluated in each suite
     duplicates: list[str] = []
     attacks: list[str] = []
@@ -241,6 +244,7 @@ def collect(paths) -> Results:
                 if previous["_finished"] or not row["_finished"]:
                     continue  # keep the first finished copy
             runs[row["run_id"]] = row
+            curves[row["run_id"]] = loss_curves(record)
         for teacher_directory in iter_result_dirs(directory, TEACHERS):
             record = load_valid_record(teacher_directory)
             if record is not None and (str(directory), record.run_id) not in teachers:
@@ -250,10 +254,18 @@ def collect(paths) -> Results:
     frame = pd.DataFrame(list(runs.values()))
     suites = list(dict.fromkeys(frame["suite"])) if not frame.empty else []
     results = Results(frame, teacher_frame, attacks, diagnostics, sorted(set(duplicates)), [str(d) for d in dirs],
-                      suites)
+                      suites, {run_id: curve for run_id, curve in curves.items() if curve["losses"] or curve["loss_terms"]})
     if not frame.empty:
         _derive(results)
     return results
+
+
+def loss_curves(record: RunRecord) -> dict:
+    """A run's per-epoch training losses as its record holds them: the mean total loss (records
+    since version 3) and the mean of each named term (methods that name them)."""
+    teacher = f" ({record.teacher})" if record.teacher and record.teacher != NO_TEACHER else ""
+    return {"title": f"{record.student} <- {record.method}{teacher}, seed {record.seed}",
+            "losses": list(record.losses or []), "loss_terms": list(record.loss_terms or [])}
 
 
 def class_columns(run_directory: Path | None, record: RunRecord) -> dict:

@@ -10,6 +10,10 @@ the baseline is within noise are greyed (class ``noise``).
 loaded, ``#student=mlp&teacher=-`` sets the filters: links that open the table so, and the hooks
 the browser test drives. The page records script errors in ``<html data-errors>`` and sets
 ``<body data-ready="1">`` when its script has run.
+
+Under the plots, each run's training losses per epoch (from its ``metrics.json``: the total
+``losses`` and the named ``loss_terms``) are drawn as inline SVG, one small chart per run; once laid
+out, the script writes each chart's drawn line length into ``data-length`` (the browser test reads it).
 """
 from __future__ import annotations
 
@@ -41,6 +45,10 @@ tr.noise td{color:#8c959f}
 .verdict-better{color:#1a7f37;font-weight:600}.verdict-worse{color:#cf222e;font-weight:600}
 .filters label{margin-right:1.5em}
 img.plot{max-width:100%;border:1px solid #d0d7de;margin:.5em 0}
+.curves{display:flex;flex-wrap:wrap;gap:1em}
+figure.curve{margin:0;border:1px solid #d0d7de;padding:.4em}
+figure.curve figcaption{font-size:.85em;color:#59636e}
+svg.loss-curve text{font-size:10px;fill:#59636e}
 """
 
 SCRIPT = r"""
@@ -132,6 +140,11 @@ SCRIPT = r"""
       if (match[2] && (th.getAttribute("aria-sort") === "ascending") !== (match[2] === "asc")) th.click();
     }
   }
+  Array.prototype.forEach.call(document.querySelectorAll("svg.loss-curve"), function (svg) {
+    var length = 0;
+    Array.prototype.forEach.call(svg.querySelectorAll("polyline"), function (line) { length += line.getTotalLength(); });
+    svg.setAttribute("data-length", length.toFixed(1));
+  });
   document.body.setAttribute("data-ready", "1");
 })();
 """
@@ -228,8 +241,70 @@ def table_html(frame: pd.DataFrame, table_id: str) -> str:
             f'<tbody>\n' + "\n".join(body) + "\n</tbody></table>")
 
 
+COLOURS = ["#1f2328", "#0969da", "#cf222e", "#1a7f37", "#8250df", "#bc4c00", "#6e7781"]
+CURVE_SIZE = (300, 150)  # pixels: a chart per run
+MARGIN = (46, 10, 10, 22)  # left, top, right, bottom
+
+
+def loss_curve_svg(curve: dict) -> str:
+    """One run's losses per epoch as an inline SVG chart: the total (``loss``, dark) and each named
+    term, on one linear axis from the smallest to the largest value; hover a line for its values."""
+    series = {}
+    if curve.get("losses"):
+        series["loss"] = [float(v) for v in curve["losses"]]
+    for name in dict.fromkeys(name for epoch in curve.get("loss_terms") or [] for name in epoch):
+        series[name] = [float(epoch.get(name, math.nan)) for epoch in curve["loss_terms"]]
+    values = [v for line in series.values() for v in line if math.isfinite(v)]
+    if not values:
+        return ""
+    width, height = CURVE_SIZE
+    left, top, right, bottom = MARGIN
+    epochs = max(len(line) for line in series.values())
+    low, high = min(values), max(values)
+    span = (high - low) or abs(high) or 1.0
+
+    def x(epoch: int) -> float:  # epoch counts from 1
+        return left + (width - left - right) * ((epoch - 1) / (epochs - 1) if epochs > 1 else 0.5)
+
+    def y(value: float) -> float:
+        return top + (height - top - bottom) * (1 - (value - low) / span)
+
+    parts = [f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#d0d7de"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#d0d7de"/>',
+             f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{high:.3g}</text>',
+             f'<text x="{left - 4}" y="{height - bottom}" text-anchor="end">{low:.3g}</text>',
+             f'<text x="{left}" y="{height - 6}">epoch 1</text>',
+             f'<text x="{width - right}" y="{height - 6}" text-anchor="end">{epochs}</text>']
+    legend = []
+    for index, (name, line) in enumerate(series.items()):
+        colour = COLOURS[index % len(COLOURS)]
+        points = [(x(epoch), y(value)) for epoch, value in enumerate(line, start=1) if math.isfinite(value)]
+        text = ", ".join(f"{value:.4g}" for value in line)
+        parts.append(f'<polyline data-series="{html.escape(name)}" data-epochs="{len(points)}" fill="none" '
+                     f'stroke="{colour}" stroke-width="1.5" points="'
+                     + " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
+                     + f'"><title>{html.escape(name)} per epoch: {html.escape(text)}</title></polyline>')
+        parts += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2" fill="{colour}"/>' for px, py in points]
+        legend.append(f'<span style="color:{colour}">&#9632; {html.escape(name)}</span>')
+    return (f'<figure class="curve"><svg class="loss-curve" data-run="{html.escape(str(curve.get("run_id", "")))}" '
+            f'xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+            f'role="img">' + "".join(parts) + f'</svg><figcaption>{html.escape(curve.get("title", ""))}<br>'
+            + " ".join(legend) + "</figcaption></figure>")
+
+
+def curves_html(curves: list[dict] | None) -> list[str]:
+    charts = [chart for chart in (loss_curve_svg(curve) for curve in curves or []) if chart]
+    if not charts:
+        return []
+    return ["<h2>Training losses per epoch</h2>",
+            '<p class="note">Mean loss of each epoch from each run\'s metrics.json (loss: the total; other lines: '
+            'the method\'s named terms); hover a line for its values.</p>',
+            '<div class="curves">' + "".join(charts) + "</div>"]
+
+
 def to_html(frame: pd.DataFrame, teachers: pd.DataFrame | None = None, title: str = "rkbench leaderboard",
-            notes: list[str] | None = None, images: list[tuple[str, bytes]] | None = None) -> str:
+            notes: list[str] | None = None, images: list[tuple[str, bytes]] | None = None,
+            curves: list[dict] | None = None) -> str:
     import base64
 
     from .text import flag_legend, interval_legend
@@ -248,6 +323,7 @@ def to_html(frame: pd.DataFrame, teachers: pd.DataFrame | None = None, title: st
         for name, data in images:
             parts.append(f'<p><img class="plot" alt="{html.escape(name)}" title="{html.escape(name)}" '
                          f'src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}"></p>')
+    parts += curves_html(curves)
     for note in notes or []:
         parts.append(f'<p class="note">{html.escape(note)}</p>')
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

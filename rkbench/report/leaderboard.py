@@ -38,7 +38,7 @@ def teachers_table(results: Results) -> pd.DataFrame:
 
 
 def render(frame: pd.DataFrame, fmt: str, teachers: pd.DataFrame | None = None, meta: dict | None = None,
-           title: str = "rkbench leaderboard", images: list | None = None) -> str:
+           title: str = "rkbench leaderboard", images: list | None = None, curves: list | None = None) -> str:
     """The frame as md, csv, json or html text (the teachers' table joins md, json and html). Each
     names the training-attack protocol: a note line (md, html), a column (csv, json, and md and html
     when the rows mix protocols), ``protocols`` in the json document."""
@@ -57,7 +57,7 @@ def render(frame: pd.DataFrame, fmt: str, teachers: pd.DataFrame | None = None, 
         from .html import to_html
 
         notes = ([note] if note else []) + ([f"sources: {', '.join(meta.get('sources', []))}"] if meta else [])
-        return to_html(without_uniform_protocol(frame), teachers, title, notes, images=images)
+        return to_html(without_uniform_protocol(frame), teachers, title, notes, images=images, curves=curves)
     raise RkbenchError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
@@ -124,12 +124,21 @@ def report(paths, fmt: str = "md", per_seed: bool = False, where=(), sort: str |
     if frame.attrs.get("baseline"):
         meta["baseline"] = frame.attrs["baseline"]
     title = "rkbench leaderboard" + (f": {', '.join(results.suites)}" if results.suites else "")
-    images = None
+    images = curves = None
     if fmt == "html" and not (pivot_by or per_class):
         images = embedded_plots(frame if not per_seed else leaderboard(None, where=where, results=results,
                                                                        internal=True), results)
-    text = render(frame, fmt, None if per_class else teachers_table(results), meta, title=title, images=images)
+        curves = rows_curves(frame, results)
+    text = render(frame, fmt, None if per_class else teachers_table(results), meta, title=title, images=images,
+                  curves=curves)
     return text, frame, results
+
+
+def rows_curves(frame: pd.DataFrame, results: Results) -> list[dict]:
+    """The loss curves of the runs behind the page's rows (every seed of an aggregated row), in row order."""
+    run_ids = [run_id for text in frame.get("run_id", pd.Series(dtype=object)).dropna()
+               for run_id in str(text).split()]
+    return [{"run_id": run_id, **results.curves[run_id]} for run_id in run_ids if run_id in results.curves]
 
 
 def embedded_plots(frame: pd.DataFrame, results: Results) -> list[tuple[str, bytes]]:

@@ -60,6 +60,14 @@ class TeacherSource(ABC):
                 return value
         return None
 
+    def model_spec(self, params: TeacherParams) -> tuple[str, dict] | None:
+        """The registered architecture (and its options) of the network ``build`` returns, written
+        into the model config beside a trained teacher's ``model.safetensors``; None when unknown."""
+        model = getattr(params, "model", None)
+        if isinstance(model, str) and model:
+            return model, dict(getattr(params, "model_options", None) or {})
+        return None
+
     def identity(self, params: TeacherParams) -> dict:
         """What makes two teachers the same (hashed into every run that uses the teacher)."""
         return params.model_dump(mode="json")
