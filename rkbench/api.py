@@ -59,7 +59,7 @@ def dataset_from_spec(spec: str | TensorDataset) -> tuple[TensorDataset, dict]:
     except RkbenchError as exc:
         raise ConfigError(f"--dataset: {exc}") from None
     params = validate_options(DATASETS.get(name).Params, options, f"--dataset {name}")
-    return load_dataset(name, params.model_dump()), {"name": name, "options": params.model_dump(mode="json")}
+    return load_dataset(name, params.model_dump()), {"name": name, "options": params.for_identity()}
 
 
 def model_from_spec(spec: str, data: TensorDataset, threat: ThreatModel, device: torch.device) -> nn.Module:

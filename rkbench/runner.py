@@ -19,6 +19,7 @@ from .models import build_model, count_parameters
 from .models.complexity import try_count_madds
 from .record import RunRecord, UnreadableRecord, current_record, write_record
 from .suite import RunSpec, Suite, expand
+from .selection import ValidationScore, record_fields as selection_fields
 from .suite_evaluation import SuiteEvaluation
 from .teacher_cache import TeacherCache
 from .train import TrainJob, Trainer, resolve_device
@@ -45,6 +46,7 @@ class _Pending:
     train_seconds: float | None = None
     error: BaseException | None = None
     loss_terms: list | None = None  # per epoch, the mean of each named loss term (methods that name them)
+    selection: dict = field(default_factory=dict)  # the record's epoch, selected_on, selection, validation_curve
 
 
 @dataclass
@@ -234,8 +236,11 @@ class SuiteRunner:
             student.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         method = build_method(run.method.method, run.method.params, self.suite.threat, run.seed,
                               run.protocol.attack_mode)
+        kept = ("epoch", "selected_on", "selection", "validation_curve")
+        selection = {k: getattr(record, k) for k in kept if getattr(record, k) is not None} if record else {}
         return _Pending(run, directory, title, reuse, student, teacher, method,
-                        record.train_seconds if record else None, loss_terms=record.loss_terms if record else None)
+                        record.train_seconds if record else None, loss_terms=record.loss_terms if record else None,
+                        selection=selection)
 
     def _train_group(self, group: list["_Pending"]) -> None:
         if not group:
@@ -245,13 +250,14 @@ class SuiteRunner:
             extra = f" in lock-step with {len(group) - 1} other run(s)" if len(group) > 1 else ""
             self.reporter.message(f"training {pending.title}{extra}")
         jobs = []
-        for pending in group:
-            log_path = pending.directory / store.LOG
-            jobs.append(TrainJob(pending.student, pending.method, pending.run.seed, pending.directory,
-                                 log=lambda line, path=log_path: store.append_log(path, line),
-                                 on_epoch=self.reporter.epoch_callback(pending.title)))
-        trainer = Trainer(first.run.training, self.device)
         try:
+            score = self.validation_score(first.run)
+            for pending in group:
+                log_path = pending.directory / store.LOG
+                jobs.append(TrainJob(pending.student, pending.method, pending.run.seed, pending.directory,
+                                     log=lambda line, path=log_path: store.append_log(path, line),
+                                     on_epoch=self.reporter.epoch_callback(pending.title), validate=score))
+            trainer = Trainer(first.run.training, self.device)
             trainer.fit_many(jobs, self.data, teacher=first.teacher)
         except Exception as exc:  # the whole group failed before training (e.g. a bad hold-out)
             for pending in group:
@@ -262,6 +268,7 @@ class SuiteRunner:
             if job.error is None:
                 pending.train_seconds = job.result.train_seconds
                 pending.loss_terms = job.result.loss_terms or None
+                pending.selection = selection_fields(job.result, first.run.training.checkpoint, score)
                 store.atomic_write(pending.directory / store.STUDENT,
                                    lambda h, model=pending.student: torch.save(model.state_dict(), h), mode="wb")
 
@@ -271,7 +278,7 @@ class SuiteRunner:
             result = self.evaluation.run(student, directory, pending.title, seed=run.seed)
             write_record(directory, RunRecord(
                 **self._described(run), status="finished", train_seconds=pending.train_seconds,
-                loss_terms=pending.loss_terms or None, parameters=count_parameters(student),
+                loss_terms=pending.loss_terms or None, **pending.selection, parameters=count_parameters(student),
                 madds=try_count_madds(student, self.data.input_shape), diagnostics=self.diagnostics(run, student),
                 **self.evaluation.record_fields(result)))
             # kept until now: killed while evaluating, the run resumes at its last epoch, not from scratch
@@ -281,6 +288,14 @@ class SuiteRunner:
             raise
         except Exception as exc:  # recorded, reported, the suite goes on
             return self._fail(run, exc)
+
+    def validation_score(self, run: RunSpec) -> ValidationScore | None:
+        """What measures the run's student on the validation split while it trains (checkpoint: best),
+        or None: the validation split is then never read."""
+        if run.training.checkpoint != "best":
+            return None
+        return ValidationScore(self.data, self.suite.threat, run.training.selection, self.device,
+                               self.suite.evaluation.batch_size)
 
     @staticmethod
     def _described(run: RunSpec) -> dict:

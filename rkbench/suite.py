@@ -56,6 +56,18 @@ class ScheduleConfig(Strict):
     gamma: float = Field(0.1, gt=0)
 
 
+class SelectionConfig(Strict):
+    """How ``checkpoint: best`` (and a tuning trial) measures an epoch: the student on the validation
+    split (``dataset.validation``), clean and under one declared cheap attack, every ``every`` epochs
+    (and always after the last)."""
+
+    every: int = Field(1, ge=1, description="validate every k epochs (the last epoch always)")
+    attack: str = Field("pgd10", description="a registered attack run on the validation split (pgd10, pgd20)")
+    attack_options: dict = Field(default_factory=dict, description="options of that attack")
+    metric: Literal["robust", "clean"] = Field("robust", description="what the best epoch maximizes: accuracy "
+                                                                     "under the attack, or clean accuracy")
+
+
 class TrainingConfig(Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -77,6 +89,11 @@ class TrainingConfig(Strict):
     deterministic: bool | None = Field(None, description="torch deterministic algorithms (default: on for CPU)")
     malloc_tuning: bool = Field(True, description="CPU, glibc: large tensors from the heap, freed memory kept "
                                                   "(no page fault per activation)")
+    # which epoch's weights the run keeps (docs/tuning.md)
+    checkpoint: Literal["last", "best"] = Field(
+        "last", description="last: the final epoch; best: the epoch best on the validation split (dataset.validation)")
+    selection: SelectionConfig = Field(default_factory=SelectionConfig,
+                                       description="how checkpoint: best measures an epoch on the validation split")
 
     # fields that change how fast a run trains, never what it trains
     SPEED_ONLY: typing.ClassVar[frozenset] = frozenset(
@@ -94,6 +111,8 @@ class TrainingConfig(Strict):
         identity = self.model_dump(mode="json", exclude={"seeds", *self.SPEED_ONLY})
         if identity["amp"] == "off":
             del identity["amp"]
+        if identity["checkpoint"] == "last":  # the default keeps older run ids; selection is then unused
+            del identity["checkpoint"], identity["selection"]
         return identity
 
     def for_lockstep(self) -> dict:
@@ -432,7 +451,7 @@ def check_suite(suite: Suite, source: str) -> None:
     """Names against registries, option blocks against their ``Params``; normalizes options."""
     _named(DATASETS, suite.dataset.name, f"{source}: dataset.name")
     params = validate_options(DATASETS.get(suite.dataset.name).Params, suite.dataset.options, f"{source}: dataset")
-    suite.dataset.options = params.model_dump(mode="json")
+    suite.dataset.options = params.for_identity()  # dataset.validation only when set: older run ids hold
 
     for index, student in enumerate(suite.students):
         where = f"{source}: students.{index}"
@@ -495,6 +514,8 @@ def check_suite(suite: Suite, source: str) -> None:
 
     check_references(suite, source)
 
+    check_selection(suite, source)
+
     for index, attack in enumerate(suite.evaluation.attacks):
         where = f"{source}: evaluation.attacks.{index}"
         _named(ATTACKS, attack.name, f"{where}.name")
@@ -502,6 +523,23 @@ def check_suite(suite: Suite, source: str) -> None:
         params = validate_options(cls.Params, {**cls.defaults, **attack.options}, where)
         attack.options = {k: v for k, v in params.model_dump(mode="json").items()}
     _unique([a.label for a in suite.evaluation.attacks], f"{source}: evaluation.attacks", "attack label")
+
+
+def check_selection(suite: Suite, source: str) -> None:
+    """``checkpoint: best`` (the suite's or a method's) needs a validation split and a known attack."""
+    trainings = [("training", suite.training)] + [
+        (f"methods.{m.label}.training", suite.training_for(m.training, f"{source}: methods.{m.label}.training"))
+        for m in suite.methods]
+    for where, training in trainings:
+        if training.checkpoint != "best":
+            continue
+        if suite.dataset.options.get("validation") is None:
+            raise ConfigError(f"{source}: {where}.checkpoint: 'best' selects on the validation split; set "
+                              f"dataset.validation (a count such as 1000, or a fraction such as 0.1)")
+        _named(ATTACKS, training.selection.attack, f"{source}: {where}.selection.attack")
+        cls = ATTACKS.get(training.selection.attack)
+        validate_options(cls.Params, {**cls.defaults, **training.selection.attack_options},
+                         f"{source}: {where}.selection.attack_options")
 
 
 def check_references(suite: Suite, source: str) -> None:
