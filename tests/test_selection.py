@@ -135,6 +135,10 @@ def test_best_records_curve_and_epoch_and_reads_the_test_split_only_in_the_final
     assert record.selected_on == "validation" and record.epoch == best["epoch"]
     assert record.selection["value"] == best["robust"] and record.selection["n_examples"] == 270
     assert record.selection["attack"] == {"name": "pgd10"} and record.selection["split"] == "validation"
+    from rkbench.report.leaderboard import leaderboard_frame
+
+    row = leaderboard_frame(tmp_path / "results").iloc[0]  # reports show what was chosen, and on what
+    assert (row["epoch"], row["selected_on"]) == (best["epoch"], "validation")
 
 
 class Killed(BaseException):

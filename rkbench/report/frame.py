@@ -12,12 +12,17 @@ seeds in the aggregated view; ``worst_class`` is the lowest per-class worst case
 
 per seed:   [suite] teacher student method attack_mode seed clean clean_lo clean_hi <attack>...
             worst_case worst_case_lo worst_case_hi worst_class teacher_clean teacher_worst_case
-            transfer_ratio delta_at train_s params madds [diagnostics] protocol flags status cascade
-            run_id
+            transfer_ratio delta_at train_s params madds [diagnostics] epoch selected_on protocol flags
+            status cascade run_id
 aggregated: [suite] teacher student method attack_mode seeds clean clean_std clean_lo clean_hi
             <attack> ... worst_case worst_case_std worst_case_lo worst_case_hi worst_class
             worst_class_std teacher_clean teacher_worst_case transfer_ratio delta_at train_s params
-            madds [diagnostics with _std] protocol flags status cascade seed_list run_id
+            madds [diagnostics with _std] epoch selected_on protocol flags status cascade seed_list run_id
+
+``epoch`` is the epoch whose weights were evaluated (per seed in the aggregated view) and
+``selected_on`` what chose it: ``last`` (the final epoch) or ``validation`` (``training.checkpoint:
+best``, the best epoch on the validation split; docs/tuning.md). Both columns appear when some
+run of the table was selected on validation.
 
 ``protocol`` is the suite's training-attack protocol (official | eval | train; ``?`` for results
 written before protocols existed); ``attack_mode`` the student's BatchNorm mode while the run's
@@ -185,6 +190,8 @@ def run_row(record: RunRecord, config: dict | None, source: Path, attacks: list[
             row[key] = scale * float(value)
     row.update({"train_s": _number(record.train_seconds), "params": _number(record.parameters),
                 "madds": _number(record.madds)})
+    # the epoch whose weights were evaluated, and on what it was chosen (older records: the last epoch)
+    row.update({"epoch": _number(record.epoch), "selected_on": record.selected_on or "last"})
     failed = not record.finished
     row["status"] = f"failed: {record.error}" if failed else record.status
     row["cascade"] = " ".join(cascade)
@@ -323,7 +330,8 @@ def _columns(results: Results, view: str) -> list[str]:
                    for c in (metric, f"{metric}_lo", f"{metric}_hi")]
         return (head + ["seed"] + metrics + ["worst_class", "teacher_clean", "teacher_worst_case", "transfer_ratio",
                                              "delta_at", "train_s", "params", "madds"]
-                + list(results.diagnostics) + ["protocol", "flags", "status", "cascade", "run_id"])
+                + list(results.diagnostics) + selection_columns(results)
+                + ["protocol", "flags", "status", "cascade", "run_id"])
     columns = head + ["seeds"]
     for metric in ["clean", *results.attacks, "worst_case"]:
         columns += [metric, f"{metric}_std", f"{metric}_lo", f"{metric}_hi"]
@@ -331,7 +339,15 @@ def _columns(results: Results, view: str) -> list[str]:
     columns += ["teacher_clean", "teacher_worst_case", "transfer_ratio", "delta_at", "train_s", "params", "madds"]
     for metric in results.diagnostics:
         columns += [metric, f"{metric}_std"]
-    return columns + ["protocol", "flags", "status", "cascade", "seed_list", "run_id"]
+    return columns + selection_columns(results) + ["protocol", "flags", "status", "cascade", "seed_list", "run_id"]
+
+
+def selection_columns(results: Results) -> list[str]:
+    """``epoch`` and ``selected_on`` when some run was chosen on the validation split (a table of
+    last-epoch runs only keeps its columns as they were)."""
+    runs = results.runs
+    chosen = not runs.empty and "selected_on" in runs.columns and (runs["selected_on"] != "last").any()
+    return ["epoch", "selected_on"] if chosen else []
 
 
 INTERNAL = ["_group", "_student_key", "_teacher_key", "_method_name", "_finished", "_source", "_flags",
@@ -397,6 +413,9 @@ def aggregate_frame(results: Results) -> pd.DataFrame:
         cascade = {label for text in group["cascade"] for label in str(text).split()}
         row["cascade"] = " ".join(label for label in results.attacks if label in cascade)
         row["seed_list"] = " ".join(str(s) for s in sorted(group["seed"].dropna().astype(int)))
+        by_seed = group.sort_values("seed")
+        row["epoch"] = " ".join("?" if pd.isna(e) else str(int(e)) for e in by_seed["epoch"])  # per seed
+        row["selected_on"] = " ".join(dict.fromkeys(by_seed["selected_on"].astype(str)))
         row["run_id"] = " ".join(group.sort_values("seed")["run_id"])
         rows.append(row)
     out = _mark_mixed_protocols(pd.DataFrame(rows))
