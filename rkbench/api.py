@@ -196,7 +196,22 @@ def run_planned(runner):
         torch.set_num_threads(runner.suite.training.threads)
     runner.results_dir.mkdir(parents=True, exist_ok=True)
     store.write_references(runner.results_dir, runner.suite.name, runner.suite.references)  # for reports
+    if runner.suite.tuning is not None:  # trials first (on the same executor), then the chosen configurations
+        runner = tuned_runner(runner, executor)
     return executor.run(runner)
+
+
+def tuned_runner(runner, executor):
+    """The runner of a tuned suite's final runs, once every method's trials are done (rkbench/tuning.py)."""
+    from .runner import SuiteRunner
+    from .tuning import Tuner
+
+    def execute(suite, results_dir):
+        return executor.run(SuiteRunner(suite, results_dir, reporter=runner.reporter,
+                                        retry_failed=runner.retry_failed))
+
+    final = Tuner(runner.suite, runner.results_dir, execute, say=runner.reporter.message).run()
+    return SuiteRunner(final, runner.results_dir, reporter=runner.reporter, retry_failed=runner.retry_failed)
 
 
 def run_suite(suite, results_dir: str | Path | None = None, overrides=(), plugins=(), reporter=None,

@@ -117,6 +117,11 @@ def validate(suite_file, overrides):
     teachers, runs = expand(suite)
     print_plan(suite, teachers, runs, None)
     print_planning(suite)
+    if suite.tuning is not None:
+        from .tuning import plan_lines
+
+        for line in plan_lines(suite):
+            click.echo(line)
 
 
 @main.command()

@@ -70,6 +70,8 @@ class RunRecord(BaseModel):
     selection: dict[str, Any] | None = None  # metric, attack, every, n_examples, split, value (checkpoint: best)
     # per validated epoch {"epoch": e, "clean": a, "robust": b}, on the validation split (never the test split)
     validation_curve: list[dict[str, float | int]] | None = None
+    # a tuned suite's final run (rkbench/tuning.py): budget, trials, sampler, metric, chosen, value, trial
+    tuning: dict[str, Any] | None = None
 
     # the network
     parameters: int | None = Field(None, ge=0)

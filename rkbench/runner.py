@@ -121,7 +121,8 @@ class SuiteRunner:
         if record is not None:
             if record.status == "failed" and not self.retry_failed:
                 return RunOutcome(run, "failed", record.error)
-            if record.finished and self.evaluation.current(record) and self.diagnostics_current(run, record):
+            if record.finished and (not self.tests or self.evaluation.current(record)) \
+                    and self.diagnostics_current(run, record):
                 return RunOutcome(run, "cached")
         return None
 
@@ -272,8 +273,20 @@ class SuiteRunner:
                 store.atomic_write(pending.directory / store.STUDENT,
                                    lambda h, model=pending.student: torch.save(model.state_dict(), h), mode="wb")
 
+    @property
+    def tests(self) -> bool:
+        """Whether runs are evaluated on the test split (not tuning trials: evaluation.split none)."""
+        return self.suite.evaluation.split == "test"
+
     def _finish(self, pending: "_Pending") -> RunOutcome:
         run, directory, student = pending.run, pending.directory, pending.student
+        if not self.tests:  # a tuning trial: its score is on the validation split, the test split stays unread
+            write_record(directory, RunRecord(**self._described(run), status="finished",
+                                              train_seconds=pending.train_seconds, **pending.selection,
+                                              loss_terms=pending.loss_terms or None,
+                                              parameters=count_parameters(student)))
+            (directory / store.CHECKPOINT).unlink(missing_ok=True)
+            return RunOutcome(run, "finished")
         try:
             result = self.evaluation.run(student, directory, pending.title, seed=run.seed)
             write_record(directory, RunRecord(
@@ -300,7 +313,8 @@ class SuiteRunner:
     @staticmethod
     def _described(run: RunSpec) -> dict:
         """The record's fields that say what ran."""
-        return {**run.describe(), "model": run.student.model, "versions": versions()}
+        tuning = {"tuning": run.method.tuning} if run.method.tuning else {}
+        return {**run.describe(), "model": run.student.model, "versions": versions(), **tuning}
 
     def _fail(self, run: RunSpec, exc: BaseException) -> RunOutcome:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):

@@ -128,6 +128,8 @@ class AttackSpec(Strict):
 
 
 class EvaluationConfig(Strict):
+    # "none": the runs are not evaluated on the test split (tuning trials: scored on validation only)
+    split: Literal["test", "none"] = "test"
     attacks: list[AttackSpec] = Field(default_factory=lambda: [AttackSpec(name="pgd20", label="pgd20")])
     n_examples: int | None = Field(None, ge=1, description="first N test examples (default: all)")
     batch_size: int = Field(500, ge=1)
@@ -240,6 +242,25 @@ class MethodSpec(Strict):
     method: str
     params: dict = Field(default_factory=dict)
     training: dict = Field(default_factory=dict)  # per-method overrides of the suite's training
+    # tuning (rkbench/tuning.py; never part of a run id): the values to search, per method parameter
+    # (``t: [1, 4, 30]``) or training field (``training.optimizer.lr: [0.01, 0.05]``) ...
+    search: dict[str, list] = Field(default_factory=dict)
+    # ... and, on a tuned suite's final runs, what tuning chose (written into their records)
+    tuning: dict | None = None
+
+
+class TuningConfig(Strict):
+    """Equal tuning budgets (docs/tuning.md): every method gets ``budget`` trials over its
+    ``search`` space, each trial an ordinary run of ``trial_epochs`` scored on the validation split;
+    then only each method's chosen configuration is trained with the suite's seeds and evaluated."""
+
+    budget: int = Field(ge=1, description="trials per method, the same for every method")
+    metric: Literal["robust", "clean"] = Field("robust", description="the trial score: the best validation "
+                                               "accuracy under training.selection.attack (robust) or clean")
+    sampler: Literal["grid", "random", "tpe"] = Field("tpe", description="Optuna's GridSampler, RandomSampler "
+                                                      "or TPESampler")
+    seed: int = Field(0, description="the sampler's seed and the trials' training seed")
+    trial_epochs: int | None = Field(None, ge=1, description="epochs of a trial (default: training.epochs)")
 
 
 class ExecutorConfig(BaseModel):
@@ -299,6 +320,7 @@ class Suite(Strict):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)  # where runs execute (not in run ids)
     # published numbers of suite rows (not in run ids): reports show them beside the measured ones
     references: list[Reference] = Field(default_factory=list)
+    tuning: TuningConfig | None = None  # equal tuning budgets (rkbench/tuning.py)
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -311,14 +333,15 @@ class Suite(Strict):
             for label, params in value.items():
                 params = dict(params or {})
                 entries.append({"label": str(label), "method": params.pop("method", label),
-                                "training": params.pop("training", {}) or {}, "params": params})
+                                "training": params.pop("training", {}) or {},
+                                "search": params.pop("search", {}) or {}, "params": params})
             return entries
         return value
 
-    @field_validator("threat", "protocol", mode="before")
+    @field_validator("threat", "protocol", "tuning", mode="before")
     @classmethod
-    def _empty_section(cls, value):
-        return value if value is not None else {}
+    def _empty_section(cls, value, info):
+        return value if value is not None else ({} if info.field_name != "tuning" else None)
 
     def teacher(self, name: str) -> TeacherSpec:
         return next(t for t in self.teachers if t.name == name)
@@ -515,6 +538,7 @@ def check_suite(suite: Suite, source: str) -> None:
     check_references(suite, source)
 
     check_selection(suite, source)
+    check_tuning(suite, source)
 
     for index, attack in enumerate(suite.evaluation.attacks):
         where = f"{source}: evaluation.attacks.{index}"
@@ -540,6 +564,45 @@ def check_selection(suite: Suite, source: str) -> None:
         cls = ATTACKS.get(training.selection.attack)
         validate_options(cls.Params, {**cls.defaults, **training.selection.attack_options},
                          f"{source}: {where}.selection.attack_options")
+
+
+def check_tuning(suite: Suite, source: str) -> None:
+    """A tuned suite: a validation split, and a search space for every method whose every value
+    validates (as a method parameter, or as a ``training.`` field); a grid holds the budget."""
+    tuning = suite.tuning
+    searched = [m for m in suite.methods if m.search]
+    if tuning is None:
+        if searched:
+            raise ConfigError(f"{source}: methods.{searched[0].label}.search: a search space needs a "
+                              f"tuning section (tuning: {{budget: K}})")
+        return
+    if suite.dataset.options.get("validation") is None:
+        raise ConfigError(f"{source}: tuning: trials are scored on the validation split; set dataset.validation "
+                          f"(a count such as 1000, or a fraction such as 0.1)")
+    for spec in suite.methods:
+        where = f"{source}: methods.{spec.label}.search"
+        if not spec.search:
+            raise ConfigError(f"{where}: a tuned suite gives every method the same budget; give "
+                              f"{spec.label!r} a search space too (e.g. search: {{param: [a, b]}})")
+        size = 1
+        for key, values in spec.search.items():
+            if not values:
+                raise ConfigError(f"{where}.{key}: give a non-empty list of values")
+            size *= len(values)
+            for value in values:
+                if key.startswith("training."):
+                    override: dict = {}
+                    node = override
+                    parts = key.split(".")[1:]
+                    for part in parts[:-1]:
+                        node = node.setdefault(part, {})
+                    node[parts[-1]] = value
+                    suite.training_for(deep_merge(spec.training, override), f"{where}.{key}")
+                else:
+                    validate_options(METHODS.get(spec.method).Params, {**spec.params, key: value}, where)
+        if tuning.sampler == "grid" and size < tuning.budget:
+            raise ConfigError(f"{where}: the grid has {size} configuration(s), fewer than tuning.budget "
+                              f"{tuning.budget}; lower the budget or widen the search")
 
 
 def check_references(suite: Suite, source: str) -> None:
