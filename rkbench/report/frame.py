@@ -441,7 +441,7 @@ def aggregate_frame(results: Results) -> pd.DataFrame:
         by_seed = group.sort_values("seed")
         row["epoch"] = " ".join("?" if pd.isna(e) else str(int(e)) for e in by_seed["epoch"])  # per seed
         row["selected_on"] = " ".join(dict.fromkeys(by_seed["selected_on"].astype(str)))
-        row["trials"] = first["trials"]
+        row["trials"] = group["trials"].astype(float).max()  # seeds of one configuration share their tuning
         row["hyperparameters"] = first["hyperparameters"]
         row["run_id"] = " ".join(group.sort_values("seed")["run_id"])
         rows.append(row)
