@@ -254,7 +254,8 @@ class TuningConfig(Strict):
     ``search`` space, each trial an ordinary run of ``trial_epochs`` scored on the validation split;
     then only each method's chosen configuration is trained with the suite's seeds and evaluated."""
 
-    budget: int = Field(ge=1, description="trials per method, the same for every method")
+    budget: int = Field(ge=0, description="trials per method, the same for every method (0: every method at "
+                                          "its defaults, the untuned counterpart)")
     metric: Literal["robust", "clean"] = Field("robust", description="the trial score: the best validation "
                                                "accuracy under training.selection.attack (robust) or clean")
     sampler: Literal["grid", "random", "tpe"] = Field("tpe", description="Optuna's GridSampler, RandomSampler "
@@ -766,7 +767,10 @@ def plan_teacher(suite: Suite, spec: TeacherSpec) -> TeacherPlan:
     if source.trains:
         attack_mode = suite.protocol.mode_of(params.method) if getattr(params, "method", None) else None
         training = suite.training_for(spec.options.get("training", {}), f"teachers.{spec.name}.training")
-        identity = {**identity, "schema": SCHEMA_VERSION, "training": training.for_identity(),
+        # a teacher keeps its last epoch whatever the students' checkpoint (no validation pass trains it)
+        identity = {**identity, "schema": SCHEMA_VERSION,
+                    "training": {k: v for k, v in training.for_identity().items() if k not in ("checkpoint",
+                                                                                               "selection")},
                     "dataset": {"name": suite.dataset.name, "options": suite.dataset.options},
                     "threat": suite.threat.model_dump(mode="json"),
                     "protocol": suite.protocol.model_dump(mode="json")}

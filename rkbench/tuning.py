@@ -214,6 +214,8 @@ class Tuner:
         tuning = self.suite.tuning
         info = {"budget": tuning.budget, "trials": used, "sampler": tuning.sampler, "metric": tuning.metric,
                 "trial_epochs": tuning.trial_epochs or self.suite.training.epochs, "split": "validation"}
+        if not tuning.budget:  # the untuned counterpart: every method at its defaults
+            return {}, {**info, "chosen": {}, "value": None}
         if not complete:
             self.say(f"[red]tuning {spec.label}: every trial failed; its default configuration runs[/red]")
             return {}, {**info, "chosen": {}, "value": None}
