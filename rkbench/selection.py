@@ -13,6 +13,8 @@ examples, the selected value) and ``validation_curve`` (one entry per validated 
 """
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import nn
 
@@ -35,13 +37,18 @@ class ValidationScore:
         if data.x_val is None or data.y_val is None:
             raise ConfigError("training.checkpoint: best needs a validation split; set dataset.validation")
         self.x, self.y = data.x_val.to(device), data.y_val.to(device)
+        # which training examples they are: positions in the source's training split, as a digest
+        indices = data.validation_indices
+        self.indices_sha256 = (hashlib.sha256(indices.numpy().astype("<i8").tobytes()).hexdigest()[:16]
+                               if indices is not None else None)
         self.selection, self.threat, self.device, self.batch_size = selection, threat, device, batch_size
 
     def describe(self) -> dict:
         """The record's ``selection`` entry (the selected value is added by ``record_fields``)."""
         return {"metric": self.selection.metric, "attack": {"name": self.selection.attack,
                                                             **self.selection.attack_options},
-                "every": self.selection.every, "n_examples": int(self.y.shape[0]), "split": "validation"}
+                "every": self.selection.every, "n_examples": int(self.y.shape[0]), "split": "validation",
+                "indices_sha256": self.indices_sha256}
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
         was_training = model.training
