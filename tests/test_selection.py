@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rkbench.data import DATASETS, TensorDataset, load_dataset
+from rkbench.data import DATASETS, TensorDataset, carve_validation, load_dataset
 from rkbench.errors import ConfigError
 from rkbench.record import read_record
 from rkbench.runner import Reporter, SuiteRunner
@@ -31,8 +31,12 @@ def best_suite(**training) -> dict:
 
 # -- the validation split -----------------------------------------------------------------------
 
-def test_validation_is_stratified_seeded_disjoint_and_leaves_the_test_split_alone():
-    full = load_dataset("digits")
+def test_validation_is_stratified_seeded_disjoint_and_leaves_the_test_split_alone(digits):
+    from dataclasses import replace
+
+    from rkbench.data.digits import DigitsParams
+
+    full = digits
     data = load_dataset("digits", {"validation": 0.2})
     assert data.x_val.shape[0] == 270 and data.x_train.shape[0] == 1347 - 270
     assert torch.equal(data.x_test, full.x_test) and torch.equal(data.y_test, full.y_test)
@@ -45,10 +49,10 @@ def test_validation_is_stratified_seeded_disjoint_and_leaves_the_test_split_alon
     # stratified: each class in the validation split in its training proportion (+-1 example)
     expected = torch.bincount(full.y_train, minlength=10) * 0.2
     assert (torch.bincount(data.y_val, minlength=10) - expected).abs().max() <= 1
-    # a count, the same draw for the same seed, another for another seed
-    assert load_dataset("digits", {"validation": 100}).x_val.shape[0] == 100
-    assert torch.equal(load_dataset("digits", {"validation": 0.2}).validation_indices, index)
-    assert not torch.equal(load_dataset("digits", {"validation": 0.2, "validation_seed": 1}).validation_indices, index)
+    # the same draw for the same seed, another for another seed
+    carve = lambda **options: carve_validation(replace(full), DigitsParams(**options)).validation_indices  # noqa: E731
+    assert torch.equal(carve(validation=0.2), index)
+    assert not torch.equal(carve(validation=0.2, validation_seed=1), index)
 
 
 def test_validation_is_carved_for_other_sources_too(tmp_path):

@@ -26,8 +26,8 @@ def tuned_suite(**changes) -> dict:
         "methods": {"natural": {"search": {"training.optimizer.lr": [0.01, 0.2, 0.05]}},
                     "at": {"attack_steps": 1, "search": {"attack_steps": [1, 2]}}},
         "tuning": {"budget": 2, "sampler": "grid", "seed": 0, "trial_epochs": 1},
-        "training": {"epochs": 2, "batch_size": 256, "optimizer": {"lr": 0.05}, "seeds": [0, 1], "threads": 1},
-        "evaluation": {"attacks": [{"name": "pgd", "label": "pgd3", "steps": 3}], "n_examples": 50}}
+        "training": {"epochs": 2, "batch_size": 512, "optimizer": {"lr": 0.05}, "seeds": [0, 1], "threads": 1},
+        "evaluation": {"attacks": [{"name": "pgd", "label": "pgd2", "steps": 2}], "n_examples": 30}}
     suite.update(changes)
     return suite
 

@@ -3,7 +3,7 @@
 from . import digits, imagefolder, npz, svhn, tinyimagenet, torchvision_cifar  # noqa: F401
 from .base import DATASETS, DatasetParams, DatasetSource, TensorDataset, carve_validation
 
-__all__ = ["DATASETS", "DatasetParams", "DatasetSource", "TensorDataset", "load_dataset"]
+__all__ = ["DATASETS", "DatasetParams", "DatasetSource", "TensorDataset", "carve_validation", "load_dataset"]
 
 
 def load_dataset(name: str, options: dict | None = None) -> TensorDataset:
