@@ -197,7 +197,12 @@ def run_planned(runner):
     runner.results_dir.mkdir(parents=True, exist_ok=True)
     store.write_references(runner.results_dir, runner.suite.name, runner.suite.references)  # for reports
     if runner.suite.tuning is not None:  # trials first (on the same executor), then the chosen configurations
-        runner = tuned_runner(runner, executor)
+        final = tuned_runner(runner, executor)
+        if final is None:  # a round of trials submitted, not waited for
+            from .runner import RunOutcome, SuiteOutcome
+
+            return SuiteOutcome(runner.results_dir, [RunOutcome(run, "submitted") for run in runner.runs])
+        runner = final
     return executor.run(runner)
 
 
@@ -211,6 +216,8 @@ def tuned_runner(runner, executor):
                                         retry_failed=runner.retry_failed))
 
     final = Tuner(runner.suite, runner.results_dir, execute, say=runner.reporter.message).run()
+    if final is None:
+        return None
     return SuiteRunner(final, runner.results_dir, reporter=runner.reporter, retry_failed=runner.retry_failed)
 
 

@@ -155,7 +155,9 @@ class Tuner:
         if not link.exists() and not link.is_symlink():
             link.symlink_to(Path("..") / store.TEACHERS)  # the suite's teachers, trained once for both
 
-    def run(self) -> Suite:
+    def run(self) -> Suite | None:
+        """The final suite; None when a round's trials were submitted and not waited for (Slurm with
+        ``executor.wait: false``): run the suite again once they have finished, and tuning goes on."""
         import optuna
 
         self._prepare()
@@ -180,7 +182,11 @@ class Tuner:
                 break
             self.say(f"tuning round {round_number + 1}: {len(asked)} trial(s)")
             trial_suite_ = trial_suite(self.suite, asked)
-            self.execute(trial_suite_, self.directory)
+            outcome = self.execute(trial_suite_, self.directory)
+            if any(o.status == "submitted" for o in getattr(outcome, "outcomes", [])):
+                self.say(f"tuning round {round_number + 1} submitted; run the suite again when its trials "
+                         f"have finished (the study resumes with them)")
+                return None
             runs: dict[str, list] = {}
             for run in expand(trial_suite_)[1]:
                 runs.setdefault(run.method.label, []).append(run)
