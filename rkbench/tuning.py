@@ -267,7 +267,8 @@ def plan_lines(suite: Suite) -> list[str]:
     share = 100.0 * info["trial_epochs"] / total if total else 0.0
     lines.append(f"full runs: {info['full_runs']} ({info['full_epochs']} student-epochs); cost: "
                  f"{info['trial_epochs']} trial + {info['full_epochs']} full = {total} student-epochs "
-                 f"(trials {share:.0f} %), plus a validation pass every training.selection.every epochs of a trial")
+                 f"(trials {share:.0f} %), plus a validation pass every training.selection.every epochs of a trial "
+                 f"(and of a full run with checkpoint: best)")
     return lines
 
 
