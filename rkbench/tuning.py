@@ -213,11 +213,14 @@ class Tuner:
     def chosen(self, spec: MethodSpec, study) -> tuple[dict, dict]:
         import optuna
 
-        trials = study.get_trials(deepcopy=False)
-        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-        used = len([t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE,
-                                                     optuna.trial.TrialState.FAIL)])
         tuning = self.suite.tuning
+        # the first `budget` finished trials: a study run before with a larger budget (or shared by
+        # an untuned counterpart, budget 0) counts only as many trials as this suite grants
+        finished = sorted((t for t in study.get_trials(deepcopy=False)
+                           if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)),
+                          key=lambda t: t.number)[:tuning.budget]
+        complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
+        used = len(finished)
         info = {"budget": tuning.budget, "trials": used, "sampler": tuning.sampler, "metric": tuning.metric,
                 "trial_epochs": tuning.trial_epochs or self.suite.training.epochs, "split": "validation"}
         if not tuning.budget:  # the untuned counterpart: every method at its defaults
