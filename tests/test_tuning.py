@@ -113,3 +113,25 @@ def test_a_tuned_suite_trials_on_validation_then_runs_the_chosen_configurations(
     flagged = CliRunner().invoke(main, ["report", str(results), "--format", "json"]).stdout
     rows = json.loads(flagged)["rows"]
     assert rows and all("!unequal_budget" in row["flags"] for row in rows)
+
+
+def test_a_method_counts_only_the_first_budget_trials_of_its_study(tmp_path):
+    """An untuned counterpart (budget 0) or a smaller budget reusing a study counts its own trials only."""
+    import optuna
+
+    from rkbench.tuning import Tuner
+
+    suite = suite_from_dict(tuned_suite())
+    spec = suite.methods[1]  # at: attack_steps in [1, 2]
+    study = optuna.create_study(direction="maximize")
+    for steps, value in ((1, 0.5), (2, 0.7), (1, 0.6)):
+        study.add_trial(optuna.trial.create_trial(params={"attack_steps": steps}, value=value,
+                                                  distributions={"attack_steps": optuna.distributions
+                                                                 .CategoricalDistribution([1, 2])}))
+    chosen = lambda budget: Tuner(suite.model_copy(update={"tuning": suite.tuning.model_copy(  # noqa: E731
+        update={"budget": budget})}), tmp_path, execute=None).chosen(spec, study)
+    assert chosen(0) == ({}, {**chosen(0)[1], "trials": 0, "chosen": {}, "value": None})
+    values, info = chosen(1)
+    assert values == {"attack_steps": 1} and info["trials"] == 1 and info["value"] == 0.5
+    values, info = chosen(3)
+    assert values == {"attack_steps": 2} and info["trials"] == 3 and info["value"] == 0.7
