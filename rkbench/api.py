@@ -64,7 +64,7 @@ def dataset_from_spec(spec: str | dict | TensorDataset) -> tuple[TensorDataset, 
     except RkbenchError as exc:
         raise ConfigError(f"--dataset: {exc}") from None
     params = validate_options(DATASETS.get(name).Params, options, f"--dataset {name}")
-    return load_dataset(name, params.model_dump()), {"name": name, "options": params.model_dump(mode="json")}
+    return load_dataset(name, params.model_dump()), {"name": name, "options": params.for_identity()}
 
 
 def model_from_spec(spec: str, data: TensorDataset, threat: ThreatModel, device: torch.device) -> nn.Module:
@@ -244,7 +244,29 @@ def run_planned(runner):
         torch.set_num_threads(runner.suite.training.threads)
     runner.results_dir.mkdir(parents=True, exist_ok=True)
     store.write_references(runner.results_dir, runner.suite.name, runner.suite.references)  # for reports
+    if runner.suite.tuning is not None:  # trials first (on the same executor), then the chosen configurations
+        final = tuned_runner(runner, executor)
+        if final is None:  # a round of trials submitted, not waited for
+            from .runner import RunOutcome, SuiteOutcome
+
+            return SuiteOutcome(runner.results_dir, [RunOutcome(run, "submitted") for run in runner.runs])
+        runner = final
     return executor.run(runner)
+
+
+def tuned_runner(runner, executor):
+    """The runner of a tuned suite's final runs, once every method's trials are done (rkbench/tuning.py)."""
+    from .runner import SuiteRunner
+    from .tuning import Tuner
+
+    def execute(suite, results_dir):
+        return executor.run(SuiteRunner(suite, results_dir, reporter=runner.reporter,
+                                        retry_failed=runner.retry_failed))
+
+    final = Tuner(runner.suite, runner.results_dir, execute, say=runner.reporter.message).run()
+    if final is None:
+        return None
+    return SuiteRunner(final, runner.results_dir, reporter=runner.reporter, retry_failed=runner.retry_failed)
 
 
 def run_suite(suite, results_dir: str | Path | None = None, overrides=(), plugins=(), reporter=None,

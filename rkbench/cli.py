@@ -89,6 +89,11 @@ def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, execut
     runner = SuiteRunner(suite, results_dir, retry_failed=retry_failed)
     if dry_run:
         print_plan(suite, runner.teacher_plans, runner.runs, runner.results_dir)
+        if suite.tuning is not None:  # the runs above are the defaults; tuning chooses their parameters first
+            from .tuning import plan_lines
+
+            for line in plan_lines(suite):
+                click.echo(line)
         return
     console.print(f"[bold]{suite.name}[/bold]: {len(runner.runs)} runs on {runner.device}, "
                   f"results in {runner.results_dir}")
@@ -121,6 +126,11 @@ def validate(suite_file, overrides):
     teachers, runs = expand(suite)
     print_plan(suite, teachers, runs, None)
     print_planning(suite)
+    if suite.tuning is not None:
+        from .tuning import plan_lines
+
+        for line in plan_lines(suite):
+            click.echo(line)
 
 
 @main.command()

@@ -67,6 +67,14 @@ class RunRecord(BaseModel):
     train_seconds: Seconds | None = None
     loss_terms: list[dict[str, float]] | None = None  # per epoch, the mean of each named loss term
     losses: list[float] | None = None  # per epoch, the mean total loss (every method; version 3)
+    # which epoch's weights were evaluated (rkbench/selection.py, docs/tuning.md); absent in older files
+    epoch: int | None = Field(None, ge=1)  # 1-based
+    selected_on: Literal["last", "validation"] | None = None  # last epoch, or best on the validation split
+    selection: dict[str, Any] | None = None  # metric, attack, every, n_examples, split, value (checkpoint: best)
+    # per validated epoch {"epoch": e, "clean": a, "robust": b}, on the validation split (never the test split)
+    validation_curve: list[dict[str, float | int]] | None = None
+    # a tuned suite's final run (rkbench/tuning.py): budget, trials, sampler, metric, chosen, value, trial
+    tuning: dict[str, Any] | None = None
 
     # the network
     parameters: int | None = Field(None, ge=0)

@@ -19,6 +19,7 @@ from .models import build_model, count_parameters
 from .models.complexity import try_count_madds
 from .record import RunRecord, UnreadableRecord, current_record, write_record
 from .suite import RunSpec, Suite, expand
+from .selection import ValidationScore, record_fields as selection_fields
 from .suite_evaluation import SuiteEvaluation
 from .teacher_cache import TeacherCache
 from .train import TrainJob, Trainer, resolve_device
@@ -48,6 +49,7 @@ class _Pending:
     loss_terms: list | None = None  # per epoch, the mean of each named loss term (methods that name them)
     losses: list | None = None  # per epoch, the mean total loss
     tensorboard: object | None = None  # its TensorBoardLog while it trains (logging.tensorboard)
+    selection: dict = field(default_factory=dict)  # the record's epoch, selected_on, selection, validation_curve
 
 
 @dataclass
@@ -122,7 +124,8 @@ class SuiteRunner:
         if record is not None:
             if record.status == "failed" and not self.retry_failed:
                 return RunOutcome(run, "failed", record.error)
-            if record.finished and self.evaluation.current(record) and self.diagnostics_current(run, record):
+            if record.finished and (not self.tests or self.evaluation.current(record)) \
+                    and self.diagnostics_current(run, record):
                 return RunOutcome(run, "cached")
         return None
 
@@ -241,9 +244,11 @@ class SuiteRunner:
             fit_weights(student, load_state_dict(weights, strip_prefix=""), weights, f"student {run.student.model}")
         method = build_method(run.method.method, run.method.params, self.suite.threat, run.seed,
                               run.protocol.attack_mode)
+        kept = ("epoch", "selected_on", "selection", "validation_curve")
+        selection = {k: getattr(record, k) for k in kept if getattr(record, k) is not None} if record else {}
         return _Pending(run, directory, title, reuse, student, teacher, method,
                         record.train_seconds if record else None, loss_terms=record.loss_terms if record else None,
-                        losses=record.losses if record else None)
+                        losses=record.losses if record else None, selection=selection)
 
     def _train_group(self, group: list["_Pending"]) -> None:
         if not group:
@@ -253,15 +258,17 @@ class SuiteRunner:
             extra = f" in lock-step with {len(group) - 1} other run(s)" if len(group) > 1 else ""
             self.reporter.message(f"training {pending.title}{extra}")
         jobs = []
-        for pending in group:
-            log_path = pending.directory / store.LOG
-            pending.tensorboard = self._tensorboard(pending.directory)
-            jobs.append(TrainJob(pending.student, pending.method, pending.run.seed, pending.directory,
-                                 log=lambda line, path=log_path: store.append_log(path, line),
-                                 on_epoch=self.reporter.epoch_callback(pending.title),
-                                 on_epoch_end=pending.tensorboard.epoch if pending.tensorboard else None))
-        trainer = Trainer(first.run.training, self.device)
         try:
+            score = self.validation_score(first.run)
+            for pending in group:
+                log_path = pending.directory / store.LOG
+                pending.tensorboard = self._tensorboard(pending.directory)
+                jobs.append(TrainJob(pending.student, pending.method, pending.run.seed, pending.directory,
+                                     log=lambda line, path=log_path: store.append_log(path, line),
+                                     on_epoch=self.reporter.epoch_callback(pending.title),
+                                     on_epoch_end=pending.tensorboard.epoch if pending.tensorboard else None,
+                                     validate=score))
+            trainer = Trainer(first.run.training, self.device)
             trainer.fit_many(jobs, self.data, teacher=first.teacher)
         except Exception as exc:  # the whole group failed before training (e.g. a bad hold-out)
             for pending in group:
@@ -273,6 +280,7 @@ class SuiteRunner:
                 pending.train_seconds = job.result.train_seconds
                 pending.loss_terms = job.result.loss_terms or None
                 pending.losses = job.result.losses or None
+                pending.selection = selection_fields(job.result, first.run.training.checkpoint, score)
                 self._save_student(pending)
 
     def _save_student(self, pending: "_Pending") -> None:
@@ -285,13 +293,25 @@ class SuiteRunner:
         store.write_json(directory / store.MODEL_CONFIG, config)
         (directory / store.STUDENT).unlink(missing_ok=True)
 
+    @property
+    def tests(self) -> bool:
+        """Whether runs are evaluated on the test split (not tuning trials: evaluation.split none)."""
+        return self.suite.evaluation.split == "test"
+
     def _finish(self, pending: "_Pending") -> RunOutcome:
         run, directory, student = pending.run, pending.directory, pending.student
+        if not self.tests:  # a tuning trial: its score is on the validation split, the test split stays unread
+            write_record(directory, RunRecord(**self._described(run), status="finished",
+                                              train_seconds=pending.train_seconds, **pending.selection,
+                                              loss_terms=pending.loss_terms or None, losses=pending.losses or None,
+                                              parameters=count_parameters(student)))
+            (directory / store.CHECKPOINT).unlink(missing_ok=True)
+            return RunOutcome(run, "finished")
         try:
             result = self.evaluation.run(student, directory, pending.title, seed=run.seed)
             record = RunRecord(
                 **self._described(run), status="finished", train_seconds=pending.train_seconds,
-                loss_terms=pending.loss_terms or None, losses=pending.losses or None,
+                loss_terms=pending.loss_terms or None, losses=pending.losses or None, **pending.selection,
                 parameters=count_parameters(student), madds=try_count_madds(student, self.data.input_shape),
                 diagnostics=self.diagnostics(run, student), **self.evaluation.record_fields(result))
             write_record(directory, record)
@@ -326,11 +346,19 @@ class SuiteRunner:
                 pending.tensorboard = None
         except Exception as exc:  # a view of the run, never a reason to lose it
             store.append_log(pending.directory / store.LOG, f"warning: TensorBoard log not written: {exc}")
+    def validation_score(self, run: RunSpec) -> ValidationScore | None:
+        """What measures the run's student on the validation split while it trains (checkpoint: best),
+        or None: the validation split is then never read."""
+        if run.training.checkpoint != "best":
+            return None
+        return ValidationScore(self.data, self.suite.threat, run.training.selection, self.device,
+                               self.suite.evaluation.batch_size)
 
     @staticmethod
     def _described(run: RunSpec) -> dict:
         """The record's fields that say what ran."""
-        return {**run.describe(), "model": run.student.model, "versions": versions()}
+        tuning = {"tuning": run.method.tuning} if run.method.tuning else {}
+        return {**run.describe(), "model": run.student.model, "versions": versions(), **tuning}
 
     def _fail(self, run: RunSpec, exc: BaseException) -> RunOutcome:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):

@@ -57,6 +57,18 @@ class ScheduleConfig(Strict):
                                               "each milestone")
 
 
+class SelectionConfig(Strict):
+    """How ``checkpoint: best`` (and a tuning trial) measures an epoch: the student on the validation
+    split (``dataset.validation``), clean and under one declared cheap attack, every ``every`` epochs
+    (and always after the last)."""
+
+    every: int = Field(1, ge=1, description="validate every k epochs (the last epoch always)")
+    attack: str = Field("pgd10", description="a registered attack run on the validation split (pgd10, pgd20)")
+    attack_options: dict = Field(default_factory=dict, description="options of that attack")
+    metric: Literal["robust", "clean"] = Field("robust", description="what the best epoch maximizes: accuracy "
+                                                                     "under the attack, or clean accuracy")
+
+
 class TrainingConfig(Strict):
     epochs: int = Field(10, ge=1, description="training epochs of every run (a method or teacher may override)")
     batch_size: int = Field(128, ge=1, description="training batch size")
@@ -80,6 +92,11 @@ class TrainingConfig(Strict):
     deterministic: bool | None = Field(None, description="torch deterministic algorithms (default: on for CPU)")
     malloc_tuning: bool = Field(True, description="CPU, glibc: large tensors from the heap, freed memory kept "
                                                   "(no page fault per activation)")
+    # which epoch's weights the run keeps (docs/tuning.md)
+    checkpoint: Literal["last", "best"] = Field(
+        "last", description="last: the final epoch; best: the epoch best on the validation split (dataset.validation)")
+    selection: SelectionConfig = Field(default_factory=SelectionConfig,
+                                       description="how checkpoint: best measures an epoch on the validation split")
 
     # fields that change how fast a run trains, never what it trains
     SPEED_ONLY: typing.ClassVar[frozenset] = frozenset(
@@ -97,6 +114,8 @@ class TrainingConfig(Strict):
         identity = self.model_dump(mode="json", exclude={"seeds", *self.SPEED_ONLY})
         if identity["amp"] == "off":
             del identity["amp"]
+        if identity["checkpoint"] == "last":  # the default keeps older run ids; selection is then unused
+            del identity["checkpoint"], identity["selection"]
         return identity
 
     def for_lockstep(self) -> dict:
@@ -114,6 +133,7 @@ class AttackSpec(Strict):
 
 
 class EvaluationConfig(Strict):
+    split: Literal["test", "none"] = Field("test", description="test: runs are evaluated on the test split; none: not evaluated (tuning trials, scored on the validation split only)")
     attacks: list[AttackSpec] = Field(default_factory=lambda: [AttackSpec(name="pgd20", label="pgd20")],
                                       description="attack names, or mappings {name, label, exact, <options>}")
     n_examples: int | None = Field(None, ge=1, description="first N test examples (default: all)")
@@ -240,6 +260,26 @@ class MethodSpec(Strict):
     params: dict = Field(default_factory=dict, description="the method's parameters, written beside method "
                                                            "(docs/parameters.md#methods)")
     training: dict = Field(default_factory=dict, description="this method's overrides of the training section")
+    search: dict[str, list] = Field(default_factory=dict, description="tuning: the values to search, per method "
+                                    "parameter (t: [1, 4, 30]) or training field (training.optimizer.lr: [0.01, 0.05]); "
+                                    "never part of a run id")
+    tuning: dict | None = Field(None, description="on a tuned suite's final runs: what tuning chose (written by "
+                                                  "rkbench, not by users)")
+
+
+class TuningConfig(Strict):
+    """Equal tuning budgets (docs/tuning.md): every method gets ``budget`` trials over its
+    ``search`` space, each trial an ordinary run of ``trial_epochs`` scored on the validation split;
+    then only each method's chosen configuration is trained with the suite's seeds and evaluated."""
+
+    budget: int = Field(ge=0, description="trials per method, the same for every method (0: every method at "
+                                          "its defaults, the untuned counterpart)")
+    metric: Literal["robust", "clean"] = Field("robust", description="the trial score: the best validation "
+                                               "accuracy under training.selection.attack (robust) or clean")
+    sampler: Literal["grid", "random", "tpe"] = Field("tpe", description="Optuna's GridSampler, RandomSampler "
+                                                      "or TPESampler")
+    seed: int = Field(0, description="the sampler's seed and the trials' training seed")
+    trial_epochs: int | None = Field(None, ge=1, description="epochs of a trial (default: training.epochs)")
 
 
 class ExecutorConfig(BaseModel):
@@ -314,6 +354,7 @@ class Suite(Strict):
     # published numbers of suite rows (not in run ids): reports show them beside the measured ones
     references: list[Reference] = Field(default_factory=list, description="published numbers of suite rows, "
                                                                           "shown beside the measured ones")
+    tuning: TuningConfig | None = Field(None, description="equal tuning budgets (see tuning)")
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -326,14 +367,15 @@ class Suite(Strict):
             for label, params in value.items():
                 params = dict(params or {})
                 entries.append({"label": str(label), "method": params.pop("method", label),
-                                "training": params.pop("training", {}) or {}, "params": params})
+                                "training": params.pop("training", {}) or {},
+                                "search": params.pop("search", {}) or {}, "params": params})
             return entries
         return value
 
-    @field_validator("threat", "protocol", "logging", mode="before")
+    @field_validator("threat", "protocol", "logging", "tuning", mode="before")
     @classmethod
-    def _empty_section(cls, value):
-        return value if value is not None else {}
+    def _empty_section(cls, value, info):
+        return value if value is not None else ({} if info.field_name != "tuning" else None)
 
     def teacher(self, name: str) -> TeacherSpec:
         return next(t for t in self.teachers if t.name == name)
@@ -532,7 +574,7 @@ def check_suite(suite: Suite, source: str) -> None:
     """Names against registries, option blocks against their ``Params``; normalizes options."""
     _named(DATASETS, suite.dataset.name, f"{source}: dataset.name")
     params = validate_options(DATASETS.get(suite.dataset.name).Params, suite.dataset.options, f"{source}: dataset")
-    suite.dataset.options = params.model_dump(mode="json")
+    suite.dataset.options = params.for_identity()  # dataset.validation only when set: older run ids hold
 
     for index, student in enumerate(suite.students):
         where = f"{source}: students.{index}"
@@ -595,6 +637,9 @@ def check_suite(suite: Suite, source: str) -> None:
 
     check_references(suite, source)
 
+    check_selection(suite, source)
+    check_tuning(suite, source)
+
     for index, attack in enumerate(suite.evaluation.attacks):
         where = f"{source}: evaluation.attacks.{index}"
         _named(ATTACKS, attack.name, f"{where}.name")
@@ -602,6 +647,62 @@ def check_suite(suite: Suite, source: str) -> None:
         params = validate_options(cls.Params, {**cls.defaults, **attack.options}, where)
         attack.options = {k: v for k, v in params.model_dump(mode="json").items()}
     _unique([a.label for a in suite.evaluation.attacks], f"{source}: evaluation.attacks", "attack label")
+
+
+def check_selection(suite: Suite, source: str) -> None:
+    """``checkpoint: best`` (the suite's or a method's) needs a validation split and a known attack."""
+    trainings = [("training", suite.training)] + [
+        (f"methods.{m.label}.training", suite.training_for(m.training, f"{source}: methods.{m.label}.training"))
+        for m in suite.methods]
+    for where, training in trainings:
+        if training.checkpoint != "best":
+            continue
+        if suite.dataset.options.get("validation") is None:
+            raise ConfigError(f"{source}: {where}.checkpoint: 'best' selects on the validation split; set "
+                              f"dataset.validation (a count such as 1000, or a fraction such as 0.1)")
+        _named(ATTACKS, training.selection.attack, f"{source}: {where}.selection.attack")
+        cls = ATTACKS.get(training.selection.attack)
+        validate_options(cls.Params, {**cls.defaults, **training.selection.attack_options},
+                         f"{source}: {where}.selection.attack_options")
+
+
+def check_tuning(suite: Suite, source: str) -> None:
+    """A tuned suite: a validation split, and a search space for every method whose every value
+    validates (as a method parameter, or as a ``training.`` field); a grid holds the budget."""
+    tuning = suite.tuning
+    searched = [m for m in suite.methods if m.search]
+    if tuning is None:
+        if searched:
+            raise ConfigError(f"{source}: methods.{searched[0].label}.search: a search space needs a "
+                              f"tuning section (tuning: {{budget: K}})")
+        return
+    if suite.dataset.options.get("validation") is None:
+        raise ConfigError(f"{source}: tuning: trials are scored on the validation split; set dataset.validation "
+                          f"(a count such as 1000, or a fraction such as 0.1)")
+    for spec in suite.methods:
+        where = f"{source}: methods.{spec.label}.search"
+        if not spec.search:
+            raise ConfigError(f"{where}: a tuned suite gives every method the same budget; give "
+                              f"{spec.label!r} a search space too (e.g. search: {{param: [a, b]}})")
+        size = 1
+        for key, values in spec.search.items():
+            if not values:
+                raise ConfigError(f"{where}.{key}: give a non-empty list of values")
+            size *= len(values)
+            for value in values:
+                if key.startswith("training."):
+                    override: dict = {}
+                    node = override
+                    parts = key.split(".")[1:]
+                    for part in parts[:-1]:
+                        node = node.setdefault(part, {})
+                    node[parts[-1]] = value
+                    suite.training_for(deep_merge(spec.training, override), f"{where}.{key}")
+                else:
+                    validate_options(METHODS.get(spec.method).Params, {**spec.params, key: value}, where)
+        if tuning.sampler == "grid" and size < tuning.budget:
+            raise ConfigError(f"{where}: the grid has {size} configuration(s), fewer than tuning.budget "
+                              f"{tuning.budget}; lower the budget or widen the search")
 
 
 def check_references(suite: Suite, source: str) -> None:
@@ -765,7 +866,10 @@ def plan_teacher(suite: Suite, spec: TeacherSpec) -> TeacherPlan:
     if source.trains:
         attack_mode = suite.protocol.mode_of(params.method) if getattr(params, "method", None) else None
         training = suite.training_for(spec.options.get("training", {}), f"teachers.{spec.name}.training")
-        identity = {**identity, "schema": SCHEMA_VERSION, "training": training.for_identity(),
+        # a teacher keeps its last epoch whatever the students' checkpoint (no validation pass trains it)
+        identity = {**identity, "schema": SCHEMA_VERSION,
+                    "training": {k: v for k, v in training.for_identity().items() if k not in ("checkpoint",
+                                                                                               "selection")},
                     "dataset": {"name": suite.dataset.name, "options": suite.dataset.options},
                     "threat": suite.threat.model_dump(mode="json"),
                     "protocol": suite.protocol.model_dump(mode="json")}

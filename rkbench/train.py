@@ -50,6 +50,10 @@ class TrainResult:
     steps: int
     losses: list[float] = field(default_factory=list)  # mean loss per epoch
     loss_terms: list[dict[str, float]] = field(default_factory=list)  # mean of each named term per epoch
+    # validation (TrainJob.validate): one entry per validated epoch, {"epoch": e, "clean": a, "robust": b}
+    curve: list[dict[str, float]] = field(default_factory=list)
+    selected_epoch: int | None = None  # the epoch (1-based) whose weights the model holds
+    selected_value: float | None = None  # checkpoint: best: the selection metric at that epoch
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,6 +100,9 @@ class TrainJob:
     # (epoch, {name: value}) after each epoch's checkpoint: loss, loss_terms/<name>, learning_rate,
     # train_accuracy (computed only when this is set); the TensorBoard log plugs in here
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None
+    # measures the student on the validation split (rkbench/selection.py): every
+    # config.selection.every epochs; with config.checkpoint == "best" the best epoch's weights are kept
+    validate: Callable[[nn.Module], dict[str, float]] | None = None
     # filled while training
     error: BaseException | None = None
     result: TrainResult | None = None
@@ -118,6 +125,23 @@ class _JobState:
         self.loss_sum, self.loss_count = 0.0, 0
         self.loss_terms: list[dict[str, float]] = []  # per epoch: the mean of each named loss term
         self.term_sums: dict[str, float] = {}
+        self.curve: list[dict[str, float]] = []  # validation, per validated epoch
+        self.best: dict | None = None  # checkpoint: best: {"epoch", "value", "model" (a state dict)}
+
+    def validate(self, epoch: int, config, last: bool) -> None:
+        """After ``epoch`` (0-based): the validation entry of the curve, when due, and the best weights."""
+        selection = getattr(config, "selection", None)
+        every = selection.every if selection is not None else 1
+        if self.job.validate is None or not ((epoch + 1) % every == 0 or last or self.stopped):
+            return
+        scores = self.job.validate(self.job.student)
+        self.curve.append({"epoch": epoch + 1, **scores})
+        self.log(f"validation after epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        if getattr(config, "checkpoint", "last") == "best":
+            value = scores[selection.metric]
+            if self.best is None or value > self.best["value"]:  # ties: the earlier epoch
+                self.best = {"epoch": epoch + 1, "value": value,
+                             "model": {k: v.detach().clone() for k, v in self.job.student.state_dict().items()}}
 
     def resume(self, device, data_generator: torch.Generator) -> None:
         """Continue from the checkpoint, if any. It is read with ``weights_only=True`` (tensors,
@@ -156,6 +180,8 @@ class _JobState:
             raise ValueError(f"epoch {start_epoch} with {len(losses)} losses does not fit a run of {self.epochs}")
         self.start_epoch, self.losses, self.train_seconds = start_epoch, losses, train_seconds
         self.loss_terms = list(state.get("loss_terms", []))
+        self.curve = [dict(entry) for entry in state.get("curve", [])]
+        self.best = dict(state["best"]) if state.get("best") is not None else None
         if state.get("stopped"):  # stopped early by the method: nothing left to train
             self.start_epoch = self.epochs
 
@@ -181,6 +207,7 @@ class _JobState:
         if fresh["method_state"] is not None and hasattr(job.method, "load_state"):
             job.method.load_state(fresh["method_state"])
         self.start_epoch, self.losses, self.train_seconds, self.loss_terms = 0, [], 0.0, []
+        self.curve, self.best = [], None
 
     def save(self, epoch: int, device, data_generator: torch.Generator) -> None:
         if not self.checkpoint:
@@ -192,7 +219,7 @@ class _JobState:
                  "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                  "method_state": job.method.state() if hasattr(job.method, "state") else None,
                  "losses": self.losses, "loss_terms": self.loss_terms, "train_seconds": self.train_seconds,
-                 "stopped": self.stopped}
+                 "stopped": self.stopped, "curve": self.curve, "best": self.best}
         atomic_write(self.checkpoint, lambda h: torch.save(state, h), mode="wb")
 
 
@@ -330,6 +357,11 @@ class Trainer:
                 state.stopped = bool(job.method.end_epoch(job.student, epoch, held))
                 if state.stopped:
                     state.log(f"stopped early by the method after epoch {epoch + 1}")
+                try:
+                    state.validate(epoch, config, last=epoch + 1 == epochs)
+                except Exception as exc:  # this student fails; the others go on
+                    job.error = exc
+                    continue
                 state.save(epoch, device, data_generator)
                 if job.on_epoch:
                     job.on_epoch(epoch + 1, epochs, state.losses[-1])
@@ -342,9 +374,15 @@ class Trainer:
             job = state.job
             performance.release_model(job.student)  # before finish(): methods may copy weights there
             if job.error is None:
+                selected_epoch, selected_value = len(state.losses), None
+                if state.best is not None:  # checkpoint: best (before finish: methods may hold extra modules)
+                    job.student.load_state_dict(state.best["model"])
+                    selected_epoch, selected_value = state.best["epoch"], state.best["value"]
+                    state.log(f"kept epoch {selected_epoch} (best on validation: {selected_value:.4f})")
                 job.method.finish(job.student)
                 job.student.eval()
-                job.result = TrainResult(job.student, state.train_seconds, epochs, step, state.losses, state.loss_terms)
+                job.result = TrainResult(job.student, state.train_seconds, epochs, step, state.losses, state.loss_terms,
+                                         state.curve, selected_epoch, selected_value)
         return jobs
 
     def _replays(self, state: _JobState, batch: Batch, step: int, steps_per_epoch: int, epochs: int,

@@ -113,6 +113,7 @@ class PGD(Attack):
                    example_seeds=example_seeds)
 
 
+register_preset("pgd10", PGD, "PGD-10, CE, random start: a cheap attack for selecting on validation", steps=10)
 register_preset("pgd20", PGD, "PGD-20, CE, random start (step eps/4 for Linf)", steps=20)
 register_preset("pgd1000", PGD, "PGD-1000, CE, random start", steps=1000)
 register_preset("pgd20-r10", PGD, "PGD-20 with 10 random restarts (per-example first success)", steps=20,

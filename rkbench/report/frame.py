@@ -12,12 +12,19 @@ seeds in the aggregated view; ``worst_class`` is the lowest per-class worst case
 
 per seed:   [suite] teacher student method attack_mode seed clean clean_lo clean_hi <attack>...
             worst_case worst_case_lo worst_case_hi worst_class teacher_clean teacher_worst_case
-            transfer_ratio delta_at train_s params madds [diagnostics] protocol flags status cascade
-            run_id
+            transfer_ratio delta_at train_s params madds [diagnostics] epoch selected_on protocol flags
+            status cascade run_id
 aggregated: [suite] teacher student method attack_mode seeds clean clean_std clean_lo clean_hi
             <attack> ... worst_case worst_case_std worst_case_lo worst_case_hi worst_class
             worst_class_std teacher_clean teacher_worst_case transfer_ratio delta_at train_s params
-            madds [diagnostics with _std] protocol flags status cascade seed_list run_id
+            madds [diagnostics with _std] epoch selected_on protocol flags status cascade seed_list run_id
+
+``epoch`` is the epoch whose weights were evaluated (per seed in the aggregated view) and
+``selected_on`` what chose it: ``last`` (the final epoch) or ``validation`` (``training.checkpoint:
+best``, the best epoch on the validation split; docs/tuning.md). Both columns appear when some
+run of the table was selected on validation or tuned. ``trials`` and ``hyperparameters``: a tuned
+suite's runs, the tuning trials their method had and the values they chose; a table whose rows
+had different numbers of trials (untuned rows: 0) flags every row ``!unequal_budget``.
 
 ``protocol`` is the suite's training-attack protocol (official | eval | train; ``?`` for results
 written before protocols existed); ``attack_mode`` the student's BatchNorm mode while the run's
@@ -48,6 +55,7 @@ SCHEMA_VERSION = 3  # 3: the protocol and attack_mode columns
 ID_COLUMNS = ["teacher", "student", "method"]
 PROTOCOL_UNKNOWN = "?"  # results written before training-attack protocols existed
 MIXED_PROTOCOLS = "mixed_protocols"
+UNEQUAL_BUDGET = "unequal_budget"
 NO_TEACHER = "-"
 AT_METHOD = "at"  # the baseline of delta_at: the same student trained with plain adversarial training
 # metrics.json "diagnostics" key -> (column, scale): agreement and accuracies in %, as everywhere
@@ -59,6 +67,8 @@ FLAG_HELP = {
                              "(gradient masking?)",
     "zero_gradients": "many examples have a zero or non-finite input gradient (gradient masking?)",
     "autoattack_check": "one of AutoAttack's own sanity checks fired",
+    UNEQUAL_BUDGET: "the table's methods had different tuning budgets (column trials): a row may lead because "
+                    "it was tuned more, not because its method is better",
     MIXED_PROTOCOLS: "the table mixes training-attack protocols (column protocol): rows differ in the BatchNorm "
                      "mode their training examples were crafted in, not only in method",
 }
@@ -161,8 +171,23 @@ def protocols(frame: pd.DataFrame) -> list[str]:
     return sorted(set(frame["protocol"].dropna().astype(str))) if "protocol" in frame.columns else []
 
 
+def _mark_unequal_budgets(frame: pd.DataFrame) -> pd.DataFrame:
+    """``!unequal_budget`` on every row when some row was tuned and the rows' trial counts differ
+    (an untuned row counts 0 trials)."""
+    if "trials" not in frame.columns or not frame["trials"].notna().any():
+        return frame
+    budgets = sorted(set(frame["trials"].fillna(0).astype(int)))
+    if len(budgets) > 1:
+        flag = (UNEQUAL_BUDGET, f"tuning trials per method in this table: {', '.join(map(str, budgets))}")
+        frame["flags"] = [f"{text} !{UNEQUAL_BUDGET}".strip() for text in frame["flags"].fillna("")]
+        frame["_flags"] = [[*flags, flag] for flags in frame["_flags"]]
+    return frame
+
+
 def _mark_mixed_protocols(frame: pd.DataFrame) -> pd.DataFrame:
-    """``!mixed_protocols`` on every row when the rows come from more than one protocol."""
+    """``!mixed_protocols`` on every row when the rows come from more than one protocol; then
+    ``!unequal_budget`` when the rows had different tuning budgets."""
+    frame = _mark_unequal_budgets(frame)
     found = protocols(frame)
     if len(found) > 1:
         flag = (MIXED_PROTOCOLS, f"protocols in this table: {', '.join(found)}")
@@ -187,6 +212,12 @@ def run_row(record: RunRecord, config: dict | None, source: Path, attacks: list[
             row[key] = scale * float(value)
     row.update({"train_s": _number(record.train_seconds), "params": _number(record.parameters),
                 "madds": _number(record.madds)})
+    # the epoch whose weights were evaluated, and on what it was chosen (older records: the last epoch)
+    row.update({"epoch": _number(record.epoch), "selected_on": record.selected_on or "last"})
+    # a tuned suite's run: the trials its method had and the values they chose (rkbench/tuning.py)
+    tuning = record.tuning or {}
+    row.update({"trials": _number(tuning.get("trials")),
+                "hyperparameters": " ".join(f"{k}={v}" for k, v in (tuning.get("chosen") or {}).items())})
     failed = not record.finished
     row["status"] = f"failed: {record.error}" if failed else record.status
     row["cascade"] = " ".join(cascade)
@@ -335,7 +366,8 @@ def _columns(results: Results, view: str) -> list[str]:
                    for c in (metric, f"{metric}_lo", f"{metric}_hi")]
         return (head + ["seed"] + metrics + ["worst_class", "teacher_clean", "teacher_worst_case", "transfer_ratio",
                                              "delta_at", "train_s", "params", "madds"]
-                + list(results.diagnostics) + ["protocol", "flags", "status", "cascade", "run_id"])
+                + list(results.diagnostics) + selection_columns(results)
+                + ["protocol", "flags", "status", "cascade", "run_id"])
     columns = head + ["seeds"]
     for metric in ["clean", *results.attacks, "worst_case"]:
         columns += [metric, f"{metric}_std", f"{metric}_lo", f"{metric}_hi"]
@@ -343,7 +375,16 @@ def _columns(results: Results, view: str) -> list[str]:
     columns += ["teacher_clean", "teacher_worst_case", "transfer_ratio", "delta_at", "train_s", "params", "madds"]
     for metric in results.diagnostics:
         columns += [metric, f"{metric}_std"]
-    return columns + ["protocol", "flags", "status", "cascade", "seed_list", "run_id"]
+    return columns + selection_columns(results) + ["protocol", "flags", "status", "cascade", "seed_list", "run_id"]
+
+
+def selection_columns(results: Results) -> list[str]:
+    """``epoch`` and ``selected_on`` when some run was chosen on the validation split (a table of
+    last-epoch runs only keeps its columns as they were)."""
+    runs = results.runs
+    chosen = not runs.empty and "selected_on" in runs.columns and (runs["selected_on"] != "last").any()
+    tuned = not runs.empty and "trials" in runs.columns and runs["trials"].notna().any()
+    return (["epoch", "selected_on"] if chosen or tuned else []) + (["trials", "hyperparameters"] if tuned else [])
 
 
 INTERNAL = ["_group", "_student_key", "_teacher_key", "_method_name", "_finished", "_source", "_flags",
@@ -409,6 +450,11 @@ def aggregate_frame(results: Results) -> pd.DataFrame:
         cascade = {label for text in group["cascade"] for label in str(text).split()}
         row["cascade"] = " ".join(label for label in results.attacks if label in cascade)
         row["seed_list"] = " ".join(str(s) for s in sorted(group["seed"].dropna().astype(int)))
+        by_seed = group.sort_values("seed")
+        row["epoch"] = " ".join("?" if pd.isna(e) else str(int(e)) for e in by_seed["epoch"])  # per seed
+        row["selected_on"] = " ".join(dict.fromkeys(by_seed["selected_on"].astype(str)))
+        row["trials"] = group["trials"].astype(float).max()  # seeds of one configuration share their tuning
+        row["hyperparameters"] = first["hyperparameters"]
         row["run_id"] = " ".join(group.sort_values("seed")["run_id"])
         rows.append(row)
     out = _mark_mixed_protocols(pd.DataFrame(rows))
