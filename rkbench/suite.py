@@ -32,6 +32,17 @@ from .threat import ThreatModel
 SCHEMA_VERSION = 1  # bump when a change to training semantics must not reuse old run directories
 
 
+def _kind(value: Any) -> str:
+    """How a wrong value reads in an error: ``true (a boolean)``, ``-1 (a number)``, ``a list``."""
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, (int, float)):
+        return f"{value!r} (a number)"
+    if isinstance(value, str):
+        return f"{value[:40]!r} (a string)"
+    return {list: "a list", dict: "a mapping"}.get(type(value), f"a {type(value).__name__}")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -120,8 +131,13 @@ class EvaluationConfig(Strict):
     @field_validator("attacks", mode="before")
     @classmethod
     def _attack_entries(cls, value):
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list of attacks (names such as pgd20, or {{name: ..., label: ...}} "
+                             f"mappings), got {_kind(value)}")
         entries = []
-        for item in value or []:
+        for item in value:
             if isinstance(item, str):
                 item = {"name": item}
             if isinstance(item, dict):
@@ -290,6 +306,9 @@ class Suite(Strict):
         if isinstance(value, dict):
             entries = []
             for label, params in value.items():
+                if params is not None and not isinstance(params, dict):
+                    raise ValueError(f"method {label!r}: expected a mapping of its options ({{}} for the "
+                                     f"defaults, e.g. {{t: 4}}), got {_kind(params)}")
                 params = dict(params or {})
                 entries.append({"label": str(label), "method": params.pop("method", label),
                                 "training": params.pop("training", {}) or {}, "params": params})
