@@ -12,6 +12,13 @@ from .errors import RkbenchError
 SET_HELP = "Override a suite field, e.g. --set training.epochs=2 --set methods.kd.t=4 (repeatable)."
 
 
+def fail(exc: BaseException) -> None:
+    """One line ``error: ...`` on stderr (a message of several lines joined into one), exit code 2."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    click.echo(f"error: {text}", err=True)
+    sys.exit(2)
+
+
 def one_line_errors(func):
     """Turn rkbench's own errors into one readable line and exit code 2 (never a traceback)."""
 
@@ -20,8 +27,7 @@ def one_line_errors(func):
         try:
             return func(*args, **kwargs)
         except RkbenchError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            fail(exc)
 
     return wrapper
 
@@ -35,8 +41,7 @@ def _load_plugin_files(ctx, param, paths):
         try:
             load_plugins(paths)
         except RkbenchError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            fail(exc)
 
 
 plugin_option = click.option(
