@@ -376,7 +376,11 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected dotted.key=value")
         key, text = item.split("=", 1)
-        value = yaml.safe_load(text) if text.strip() else ""
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"--set {key}: the value {text!r} is not valid YAML: {problem}") from None
         node: Any = raw
         parts = key.strip().split(".")
         for index, part in enumerate(parts):
@@ -401,10 +405,18 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
 
 
 def validate_options(model: type[BaseModel], data: Any, where: str, root: bool = False):
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):  # a plugin's broken Params
+        raise ConfigError(f"{where}: its options class (Params) is {model!r}, not a pydantic model "
+                          f"(a broken plugin?)")
     try:
         return model.model_validate(data if data is not None else {})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, model, where, root)) from None
+    except (ValueError, TypeError, AttributeError, KeyError, LookupError, ArithmeticError, RuntimeError,
+            OSError) as exc:  # raised inside a validator (pydantic wraps ValueError only): still a bad option
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        raise ConfigError(f"{where}: {type(exc).__name__} while checking the options of "
+                          f"{model.__module__}.{model.__qualname__}{': ' + message if message else ''}") from None
 
 
 def format_validation_error(exc: ValidationError, model: type[BaseModel], where: str, root: bool = False) -> str:
@@ -526,6 +538,9 @@ def check_suite(suite: Suite, source: str) -> None:
         where = f"{source}: evaluation.attacks.{index}"
         _named(ATTACKS, attack.name, f"{where}.name")
         cls = ATTACKS.get(attack.name)
+        if not isinstance(cls.defaults, dict):  # a plugin's broken preset
+            raise ConfigError(f"{where}.name: attack {attack.name!r} has defaults {cls.defaults!r}, not a mapping "
+                              f"of options (a broken plugin?)")
         params = validate_options(cls.Params, {**cls.defaults, **attack.options}, where)
         attack.options = {k: v for k, v in params.model_dump(mode="json").items()}
     _unique([a.label for a in suite.evaluation.attacks], f"{source}: evaluation.attacks", "attack label")

@@ -149,3 +149,88 @@ def test_mutated_shipped_suites_validate_or_fail_in_one_line(tmp_path_factory, n
 def test_empty_binary_and_random_files_fail_in_one_line(tmp_path_factory, content):
     file, result = validate_text(tmp_path_factory.mktemp("suite"), content)
     assert_contract(result, file)
+
+
+# ----------------------------------------------------------------------------------------------
+# --set strings
+
+KEYS = st.lists(st.one_of(st.sampled_from(["training", "epochs", "methods", "kd", "t", "students", "0", "1", "99",
+                                           "evaluation", "attacks", "threat", "eps", "teachers", "name", "", "-1"]),
+                          st.text(max_size=4)), min_size=1, max_size=4).map(".".join)
+VALUES = st.one_of(st.sampled_from(["", "[", "{", "]", "{a: [}", ".nan", "-.inf", "1e400", "-5", "null", "true",
+                                    "!!python/object:os.system", "&a [*a]", "8/255", "'", "a: b: c", "\t", "@x"]),
+                   st.text(max_size=12))
+
+
+@example(item="training.epochs=[")  # was a yaml ParserError traceback
+@example(item="training.epochs=!!python/object:os.system")
+@given(item=st.one_of(st.builds(lambda k, v: f"{k}={v}", KEYS, VALUES), st.text(max_size=20)))
+def test_set_strings_apply_or_fail_in_one_line(item):
+    result = invoke("validate", DIGITS, "--set", item)
+    assert_contract(result)
+    if result.exit_code:
+        assert "--set" in result.output or str(DIGITS) in result.output, result.output
+
+
+# ----------------------------------------------------------------------------------------------
+# plugin files that raise while imported, or register something broken
+
+from conftest import registries_restored  # noqa: E402
+
+RAISES = ["raise {exc}({message!r})", "import not_a_module_anywhere_{n}", "def f(:\n    pass",
+          "x = 1 / 0", "raise SystemExit({n})", "{{}}['{message}']", "import sys\nsys.exit('{message}')"]
+BROKEN = {  # registers something broken, and the suite then names it
+    "methods": [
+        "from rkbench.methods import METHODS\nMETHODS.register('brk')({n})",
+        "from rkbench.methods import METHODS, Method\n@METHODS.register('brk')\nclass M(Method):\n    Params = {n}\n"
+        "    def loss(self, student, batch):\n        return 0",
+        "from rkbench.methods import METHODS, Method\nfrom pydantic import BaseModel, field_validator\n"
+        "class P(BaseModel):\n    t: int = 1\n    @field_validator('t', mode='before')\n    @classmethod\n"
+        "    def _t(cls, value):\n        raise {exc}({message!r})\n"
+        "@METHODS.register('brk')\nclass M(Method):\n    Params = P\n    def loss(self, student, batch):\n"
+        "        return 0",
+    ],
+    "attacks": [
+        "from rkbench.attacks import ATTACKS\nfrom rkbench.attacks.pgd import PGD\n@ATTACKS.register('brk')\n"
+        "class A(PGD):\n    defaults = {n}",
+        "from rkbench.attacks import ATTACKS\nfrom rkbench.attacks.pgd import PGD\n@ATTACKS.register('brk')\n"
+        "class A(PGD):\n    Params = None",
+    ],
+    "students": [
+        "from rkbench.models import MODELS\nMODELS.register('brk')(print)",
+        "from rkbench.models import MODELS\ndef m(num_classes, in_channels, image_size):\n    raise {exc}('x')\n"
+        "m.check_options = lambda options: 1 / 0\nMODELS.register('brk')(m)",
+    ],
+    "dataset": [
+        "from rkbench.data import DATASETS\nfrom rkbench.data.digits import Digits\n@DATASETS.register('brk')\n"
+        "class D(Digits):\n    Params = {n}",
+    ],
+}
+EXCEPTIONS = st.sampled_from(["ValueError", "TypeError", "RuntimeError", "KeyError", "ImportError", "AttributeError",
+                              "OSError", "Exception", "NotImplementedError", "RecursionError"])
+NAMES_IT = {"methods": ["methods={brk: {}}"], "attacks": ["evaluation.attacks=[brk]"],
+            "students": ["students=[brk]"], "dataset": ["dataset=brk"]}
+
+
+def plugin_case(tmp_path: Path, source: str, *overrides: str):
+    plugin = tmp_path / "broken_plugin.py"
+    plugin.write_text(source)
+    with registries_restored():
+        result = invoke("validate", DIGITS, "--plugin", plugin, *[arg for o in overrides for arg in ("--set", o)])
+    return plugin, result
+
+
+@given(template=st.sampled_from(RAISES), exc=EXCEPTIONS, message=st.text(max_size=12), n=st.integers(-3, 300))
+def test_plugins_that_raise_on_import_fail_in_one_line(tmp_path_factory, template, exc, message, n):
+    source = template.format(exc=exc, message=message, n=n)
+    plugin, result = plugin_case(tmp_path_factory.mktemp("plugin"), source)
+    assert_contract(result)
+    assert result.exit_code == 2 and str(plugin) in result.output, result.output
+
+
+@given(kind=st.sampled_from(sorted(BROKEN)), data=st.data(), exc=EXCEPTIONS, message=st.text(max_size=12),
+       n=st.sampled_from(["3", "None", "dict", "int", "'x'", "[1]", "object"]))
+def test_plugins_that_register_something_broken_fail_in_one_line(tmp_path_factory, kind, data, exc, message, n):
+    source = data.draw(st.sampled_from(BROKEN[kind])).format(exc=exc, message=message, n=n)
+    plugin, result = plugin_case(tmp_path_factory.mktemp("plugin"), source, *NAMES_IT[kind])
+    assert_contract(result)
