@@ -28,8 +28,17 @@ def one_line_errors(func):
             return func(*args, **kwargs)
         except RkbenchError as exc:
             fail(exc)
+        except OSError as exc:  # a file rkbench cannot read or write (permissions, a full disk, a directory)
+            fail(os_error_line(exc))
 
     return wrapper
+
+
+def os_error_line(exc: OSError) -> str:
+    """``PATH: what went wrong`` for an OSError (the file it names, its strerror)."""
+    path = exc.filename2 or exc.filename
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{path}: {reason}" if path else f"{type(exc).__name__}: {reason}"
 
 
 def _load_plugin_files(ctx, param, paths):

@@ -95,6 +95,27 @@ def read_json_or_none(path: Path) -> Any:
         return None
 
 
+_WARNED: set[str] = set()
+
+
+def read_config(directory: Path) -> dict | None:
+    """A run's or teacher's ``config.json`` as a mapping, or None when it is missing or is not one
+    (truncated, garbled, of another shape: readers then fall back on the record's names; a line on
+    stderr names the file, once per process)."""
+    path = Path(directory) / CONFIG
+    data = read_json_or_none(path)
+    identity = data.get("identity") if isinstance(data, dict) else None
+    if isinstance(data, dict) and (identity is None or isinstance(identity, dict)):
+        return data
+    if path.exists() and str(path) not in _WARNED:
+        _WARNED.add(str(path))
+        import sys
+
+        print(f"warning: ignored {path}: not an rkbench run config (a JSON object with an 'identity' "
+              f"object)", file=sys.stderr)
+    return None
+
+
 def run_dir(results_dir: Path, run_id: str) -> Path:
     return Path(results_dir) / RUNS / run_id
 
