@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from pathlib import Path
 
@@ -102,9 +103,15 @@ def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, execut
         return
     console.print(f"[bold]{suite.name}[/bold]: {len(runner.runs)} runs on {runner.device}, "
                   f"results in {runner.results_dir}")
-    with RichReporter(enabled=not quiet) as reporter:
-        runner.reporter = reporter
-        outcome = run_planned(runner)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)  # `kill PID` stops like Ctrl-C
+    try:
+        with RichReporter(enabled=not quiet) as reporter:
+            runner.reporter = reporter
+            outcome = run_planned(runner)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: workers stopped, finished runs and checkpoints kept
+        _stop_interrupted(runner, getattr(exc, "signum", signal.SIGINT))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if outcome.outcomes and all(o.status == "submitted" for o in outcome.outcomes):
         return  # submitted and not waited for (executor.wait=false): no results to show yet
     print_leaderboard(runner.results_dir)
@@ -112,6 +119,28 @@ def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, execut
         click.echo(f"{len(outcome.failed)} run(s) failed; see the status column and "
                    f"{runner.results_dir}/runs/<run_id>/log.txt; rerun with --retry-failed", err=True)
         sys.exit(1)
+
+
+def _raise_interrupted(signum, frame):
+    from .errors import Interrupted
+
+    raise Interrupted(signum)
+
+
+def _stop_interrupted(runner, signum: int) -> None:
+    """One line (how many runs are finished, that the same command resumes), exit 128 + signum.
+    A second Ctrl-C or SIGTERM from here on stops at once."""
+    from . import store
+    from .record import read_record
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    done = 0
+    for run in runner.runs:
+        record, _ = read_record(store.run_dir(runner.results_dir, run.run_id))
+        done += record is not None and record.finished
+    click.echo(f"interrupted: {done} of {len(runner.runs)} runs finished; the same command resumes", err=True)
+    sys.exit(128 + int(signum))
 
 
 @main.command()
