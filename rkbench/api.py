@@ -194,7 +194,7 @@ def run_planned(runner):
     executor = check_executor(runner.suite)
     if runner.suite.training.threads:
         torch.set_num_threads(runner.suite.training.threads)
-    runner.results_dir.mkdir(parents=True, exist_ok=True)
+    store.check_writable(runner.results_dir)  # one line before any training, not an error mid-run
     store.write_references(runner.results_dir, runner.suite.name, runner.suite.references)  # for reports
     return executor.run(runner)
 

@@ -85,6 +85,7 @@ def main():
 def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, executor, workers, partition, gpus_per_job,
         timeout_min, share_teacher):
     """Train, attack and rank every run of SUITE_FILE."""
+    from . import store
     from .api import check_executor, run_planned
     from .cli_display import RichReporter, console, print_leaderboard, print_plan
     from .runner import SuiteRunner
@@ -101,6 +102,7 @@ def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, execut
     if dry_run:
         print_plan(suite, runner.teacher_plans, runner.runs, runner.results_dir)
         return
+    store.check_writable(runner.results_dir)  # before anything is printed or trained
     console.print(f"[bold]{suite.name}[/bold]: {len(runner.runs)} runs on {runner.device}, "
                   f"results in {runner.results_dir}")
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)  # `kill PID` stops like Ctrl-C

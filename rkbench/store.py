@@ -116,6 +116,22 @@ def read_config(directory: Path) -> dict | None:
     return None
 
 
+def check_writable(directory: Path) -> None:
+    """Create ``directory`` if needed and write a file into it; one line (``RkbenchError``) when it
+    cannot be, before any training starts."""
+    from .errors import RkbenchError
+
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise RkbenchError(f"results directory {directory} is not writable ({exc.strerror or exc}); "
+                           f"free it or choose another with --results-dir") from None
+
+
 def run_dir(results_dir: Path, run_id: str) -> Path:
     return Path(results_dir) / RUNS / run_id
 
