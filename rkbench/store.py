@@ -105,7 +105,9 @@ def read_config(directory: Path) -> dict | None:
     path = Path(directory) / CONFIG
     data = read_json_or_none(path)
     identity = data.get("identity") if isinstance(data, dict) else None
-    if isinstance(data, dict) and (identity is None or isinstance(identity, dict)):
+    scalars = isinstance(data, dict) and all(value is None or isinstance(value, (str, int, float))
+                                             for key, value in data.items() if key != "identity")
+    if scalars and (identity is None or isinstance(identity, dict)):
         return data
     if path.exists() and str(path) not in _WARNED:
         _WARNED.add(str(path))

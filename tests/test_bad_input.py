@@ -410,6 +410,7 @@ FOUND = [
     ("runs/{at}/config.json", b'{"identity": {"method": 1}}'),
     ("runs/{natural}/metrics.json", None),  # run: IsADirectoryError writing the failed record over it
     ("references.json", None),  # run: IsADirectoryError writing the references
+    ("runs/{natural}/config.json", b'{"suite": [[1]], "identity": {}}'),  # leaderboard: unhashable type 'list'
 ]
 
 
