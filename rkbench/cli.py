@@ -222,6 +222,7 @@ def _write_report(text, written, results, out) -> None:
 @main.command()
 @click.argument("results_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), metavar="DIR")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@one_line_errors
 def status(results_dir, as_json):
     """Pending, running, finished and failed teachers and runs of DIR, with their Slurm job ids."""
     import dataclasses
