@@ -106,7 +106,8 @@ def read_config(directory: Path) -> dict | None:
     data = read_json_or_none(path)
     identity = data.get("identity") if isinstance(data, dict) else None
     scalars = isinstance(data, dict) and all(value is None or isinstance(value, (str, int, float))
-                                             for key, value in data.items() if key != "identity")
+                                             for key, value in data.items() if key != "identity") \
+        and all(isinstance(data.get(key) or "", str) for key in ("suite", "teacher", "student", "method"))
     if scalars and (identity is None or isinstance(identity, dict)):
         return data
     if path.exists() and str(path) not in _WARNED:

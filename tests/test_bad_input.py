@@ -411,6 +411,7 @@ FOUND = [
     ("runs/{natural}/metrics.json", None),  # run: IsADirectoryError writing the failed record over it
     ("references.json", None),  # run: IsADirectoryError writing the references
     ("runs/{natural}/config.json", b'{"suite": [[1]], "identity": {}}'),  # leaderboard: unhashable type 'list'
+    ("runs/{natural}/config.json", b'{"suite": true, "identity": {}}'),  # report title: expected str, bool found
 ]
 
 
