@@ -242,7 +242,7 @@ def run_planned(runner):
         check_available()
     if runner.suite.training.threads:
         torch.set_num_threads(runner.suite.training.threads)
-    runner.results_dir.mkdir(parents=True, exist_ok=True)
+    store.check_writable(runner.results_dir)  # one line before any training, not an error mid-run
     store.write_references(runner.results_dir, runner.suite.name, runner.suite.references)  # for reports
     if runner.suite.tuning is not None:  # trials first (on the same executor), then the chosen configurations
         final = tuned_runner(runner, executor)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +13,13 @@ from .errors import RkbenchError
 SET_HELP = "Override a suite field, e.g. --set training.epochs=2 --set methods.kd.t=4 (repeatable)."
 
 
+def fail(exc: BaseException) -> None:
+    """One line ``error: ...`` on stderr (a message of several lines joined into one), exit code 2."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    click.echo(f"error: {text}", err=True)
+    sys.exit(2)
+
+
 def one_line_errors(func):
     """Turn rkbench's own errors into one readable line and exit code 2 (never a traceback)."""
 
@@ -20,10 +28,18 @@ def one_line_errors(func):
         try:
             return func(*args, **kwargs)
         except RkbenchError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            fail(exc)
+        except OSError as exc:  # a file rkbench cannot read or write (permissions, a full disk, a directory)
+            fail(os_error_line(exc))
 
     return wrapper
+
+
+def os_error_line(exc: OSError) -> str:
+    """``PATH: what went wrong`` for an OSError (the file it names, its strerror)."""
+    path = exc.filename2 or exc.filename
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{path}: {reason}" if path else f"{type(exc).__name__}: {reason}"
 
 
 def _load_plugin_files(ctx, param, paths):
@@ -35,8 +51,7 @@ def _load_plugin_files(ctx, param, paths):
         try:
             load_plugins(paths)
         except RkbenchError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            fail(exc)
 
 
 plugin_option = click.option(
@@ -72,6 +87,7 @@ def main():
 def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, executor, workers, partition, gpus_per_job,
         timeout_min, share_teacher, tensorboard):
     """Train, attack and rank every run of SUITE_FILE."""
+    from . import store
     from .api import check_executor, run_planned
     from .cli_display import RichReporter, console, print_leaderboard, print_plan
     from .runner import SuiteRunner
@@ -95,11 +111,18 @@ def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, execut
             for line in plan_lines(suite):
                 click.echo(line)
         return
+    store.check_writable(runner.results_dir)  # before anything is printed or trained
     console.print(f"[bold]{suite.name}[/bold]: {len(runner.runs)} runs on {runner.device}, "
                   f"results in {runner.results_dir}")
-    with RichReporter(enabled=not quiet) as reporter:
-        runner.reporter = reporter
-        outcome = run_planned(runner)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)  # `kill PID` stops like Ctrl-C
+    try:
+        with RichReporter(enabled=not quiet) as reporter:
+            runner.reporter = reporter
+            outcome = run_planned(runner)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: workers stopped, finished runs and checkpoints kept
+        _stop_interrupted(runner, getattr(exc, "signum", signal.SIGINT))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if outcome.outcomes and all(o.status == "submitted" for o in outcome.outcomes):
         return  # submitted and not waited for (executor.wait=false): no results to show yet
     print_leaderboard(runner.results_dir)
@@ -107,6 +130,28 @@ def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, execut
         click.echo(f"{len(outcome.failed)} run(s) failed; see the status column and "
                    f"{runner.results_dir}/runs/<run_id>/log.txt; rerun with --retry-failed", err=True)
         sys.exit(1)
+
+
+def _raise_interrupted(signum, frame):
+    from .errors import Interrupted
+
+    raise Interrupted(signum)
+
+
+def _stop_interrupted(runner, signum: int) -> None:
+    """One line (how many runs are finished, that the same command resumes), exit 128 + signum.
+    A second Ctrl-C or SIGTERM from here on stops at once."""
+    from . import store
+    from .record import read_record
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    done = 0
+    for run in runner.runs:
+        record, _ = read_record(store.run_dir(runner.results_dir, run.run_id))
+        done += record is not None and record.finished
+    click.echo(f"interrupted: {done} of {len(runner.runs)} runs finished; the same command resumes", err=True)
+    sys.exit(128 + int(signum))
 
 
 @main.command()
@@ -191,6 +236,7 @@ def _write_report(text, written, results, out) -> None:
 @main.command()
 @click.argument("results_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), metavar="DIR")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@one_line_errors
 def status(results_dir, as_json):
     """Pending, running, finished and failed teachers and runs of DIR, with their Slurm job ids."""
     import dataclasses

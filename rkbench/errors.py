@@ -22,3 +22,12 @@ class DataUnavailableError(RkbenchError):
 
 class AttackError(RkbenchError):
     """An attack that returned nothing usable: an error, never a silent 0 %."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) during ``rkbench run``: raised in the main process where Ctrl-C raises
+    KeyboardInterrupt, so one path stops both; ``signum`` gives the exit code (128 + signum)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

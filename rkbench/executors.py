@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import time
 from abc import ABC, abstractmethod
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -127,6 +130,9 @@ def visible_gpus() -> list[str]:
 def _worker_init(threads: int, gpus=None) -> None:
     """A worker process's first act: its GPU (one per worker, taken from the queue ``gpus``),
     before anything touches CUDA, and its thread count."""
+    # Ctrl-C reaches the whole process group: the main process stops the workers (WorkerPool),
+    # a worker never prints a KeyboardInterrupt traceback of its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus.get()
     import torch
@@ -139,7 +145,6 @@ def worker_pool(workers: int, threads: int, gpus: list[str]):
     """``workers`` spawned processes of ``threads`` threads; with GPUs, worker i sees only GPU
     ``gpus[i % len(gpus)]`` (as its cuda:0)."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
     queue = None
@@ -147,7 +152,41 @@ def worker_pool(workers: int, threads: int, gpus: list[str]):
         queue = context.Queue()
         for index in range(workers):
             queue.put(gpus[index % len(gpus)])
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads, queue))
+    return WorkerPool(workers, mp_context=context, initializer=_worker_init, initargs=(threads, queue))
+
+
+class WorkerPool(ProcessPoolExecutor):
+    """A process pool that leaves no worker behind when its ``with`` block ends in an exception
+    (Ctrl-C, SIGTERM, an error): the workers are terminated, not waited for. Workers are spawned
+    with SIGINT blocked, so a Ctrl-C never interrupts one that is still starting (``_worker_init``
+    then ignores SIGINT for good); the parent gets the signal as soon as the spawn is done."""
+
+    def submit(self, *args, **kwargs):
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # spawned children inherit it
+        try:
+            return super().submit(*args, **kwargs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.stop_workers()
+        return super().__exit__(exc_type, exc, tb)
+
+    def stop_workers(self, grace_s: float = 5.0) -> None:
+        """SIGTERM to every worker (SIGKILL after ``grace_s``), and wait for them. A run killed
+        mid-epoch keeps its last epoch checkpoint (written atomically); its lock dies with it."""
+        processes = list((self._processes or {}).values())
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        self.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + grace_s
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(1.0)
 
 
 def _collect(runner: "SuiteRunner", results: list[tuple[str, str, str | None]], outcome: "SuiteOutcome") -> None:

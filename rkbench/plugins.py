@@ -62,7 +62,7 @@ def load_plugin_file(path: str | Path):
     _loaded[key] = module  # before executing: a plugin that uses a registry must not load itself again
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a plugin that calls sys.exit() while imported, too
         del _loaded[key]
         sys.modules.pop(name, None)
         message = str(exc).splitlines()[0] if str(exc) else ""

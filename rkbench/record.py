@@ -125,7 +125,7 @@ def read_record(directory: Path) -> tuple[RunRecord | None, str | None]:
     progress); (None, reason) for a corrupt, foreign or newer file."""
     path = Path(directory) / store.METRICS
     if not path.is_file():
-        return None, None
+        return (None, "not a file") if path.exists() else (None, None)
     try:
         data = store.read_json(path)
     except (OSError, UnicodeDecodeError) as exc:

@@ -365,8 +365,11 @@ class SuiteRunner:
             raise exc
         directory = store.run_dir(self.results_dir, run.run_id)
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        store.append_log(directory / store.LOG, "".join(traceback.format_exception(exc)))
-        write_record(directory, RunRecord(**self._described(run), status="failed", error=reason))
+        try:
+            store.append_log(directory / store.LOG, "".join(traceback.format_exception(exc)))
+            write_record(directory, RunRecord(**self._described(run), status="failed", error=reason))
+        except OSError as error:  # a full or read-only disk: no record (a rerun runs it again), one line
+            reason += f" (its failed record not written either: {error.strerror or error}; a rerun runs it again)"
         self.reporter.message(f"[red]run {run.run_id} failed[/red]: {reason}")
         return RunOutcome(run, "failed", reason)
 

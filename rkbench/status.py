@@ -49,7 +49,7 @@ def slurm_queue(job_ids: list[str]) -> dict[str, tuple[str, str]]:
 
 
 def _name(directory: Path, kind: str) -> str:
-    config = store.read_json_or_none(directory / store.CONFIG) or {}
+    config = store.read_config(directory) or {}
     if not config:
         return ""
     if kind == "teacher":

@@ -106,6 +106,46 @@ def weights_file(directory: Path, legacy: str) -> Path | None:
     return None
 
 
+_WARNED: set[str] = set()
+
+
+def read_config(directory: Path) -> dict | None:
+    """A run's or teacher's ``config.json`` as a mapping, or None when it is missing or is not one
+    (truncated, garbled, of another shape: readers then fall back on the record's names; a line on
+    stderr names the file, once per process)."""
+    path = Path(directory) / CONFIG
+    data = read_json_or_none(path)
+    identity = data.get("identity") if isinstance(data, dict) else None
+    scalars = isinstance(data, dict) and all(value is None or isinstance(value, (str, int, float))
+                                             for key, value in data.items() if key != "identity") \
+        and all(isinstance(data.get(key) or "", str) for key in ("suite", "teacher", "student", "method"))
+    if scalars and (identity is None or isinstance(identity, dict)):
+        return data
+    if path.exists() and str(path) not in _WARNED:
+        _WARNED.add(str(path))
+        import sys
+
+        print(f"warning: ignored {path}: not an rkbench run config (a JSON object with an 'identity' "
+              f"object)", file=sys.stderr)
+    return None
+
+
+def check_writable(directory: Path) -> None:
+    """Create ``directory`` if needed and write a file into it; one line (``RkbenchError``) when it
+    cannot be, before any training starts."""
+    from .errors import RkbenchError
+
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise RkbenchError(f"results directory {directory} is not writable ({exc.strerror or exc}); "
+                           f"free it or choose another with --results-dir") from None
+
+
 def run_dir(results_dir: Path, run_id: str) -> Path:
     return Path(results_dir) / RUNS / run_id
 

@@ -32,6 +32,17 @@ from .threat import ThreatModel
 SCHEMA_VERSION = 1  # bump when a change to training semantics must not reuse old run directories
 
 
+def _kind(value: Any) -> str:
+    """How a wrong value reads in an error: ``true (a boolean)``, ``-1 (a number)``, ``a list``."""
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, (int, float)):
+        return f"{value!r} (a number)"
+    if isinstance(value, str):
+        return f"{value[:40]!r} (a string)"
+    return {list: "a list", dict: "a mapping"}.get(type(value), f"a {type(value).__name__}")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -146,8 +157,13 @@ class EvaluationConfig(Strict):
     @field_validator("attacks", mode="before")
     @classmethod
     def _attack_entries(cls, value):
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list of attacks (names such as pgd20, or {{name: ..., label: ...}} "
+                             f"mappings), got {_kind(value)}")
         entries = []
-        for item in value or []:
+        for item in value:
             if isinstance(item, str):
                 item = {"name": item}
             if isinstance(item, dict):
@@ -365,6 +381,9 @@ class Suite(Strict):
         if isinstance(value, dict):
             entries = []
             for label, params in value.items():
+                if params is not None and not isinstance(params, dict):
+                    raise ValueError(f"method {label!r}: expected a mapping of its options ({{}} for the "
+                                     f"defaults, e.g. {{t: 4}}), got {_kind(params)}")
                 params = dict(params or {})
                 entries.append({"label": str(label), "method": params.pop("method", label),
                                 "training": params.pop("training", {}) or {},
@@ -402,11 +421,19 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     if not path.is_file():
         raise ConfigError(f"suite file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the suite file ({exc.strerror or type(exc).__name__})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text (UTF-8) file: byte {exc.start} is {exc.object[exc.start]:#04x}; "
+                          f"a suite is a YAML file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if isinstance(exc, yaml.reader.ReaderError):
+            where = f" byte {exc.position}"
+        raise ConfigError(f"{path}:{where} is not valid YAML: {problem}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a suite is a YAML mapping (name, dataset, students, methods, ...)")
     return suite_from_dict(apply_overrides(raw, overrides), source=str(path))
@@ -425,7 +452,11 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected dotted.key=value")
         key, text = item.split("=", 1)
-        value = yaml.safe_load(text) if text.strip() else ""
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"--set {key}: the value {text!r} is not valid YAML: {problem}") from None
         node: Any = raw
         parts = key.strip().split(".")
         for index, part in enumerate(parts):
@@ -450,10 +481,18 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
 
 
 def validate_options(model: type[BaseModel], data: Any, where: str, root: bool = False):
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):  # a plugin's broken Params
+        raise ConfigError(f"{where}: its options class (Params) is {model!r}, not a pydantic model "
+                          f"(a broken plugin?)")
     try:
         return model.model_validate(data if data is not None else {})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, model, where, root)) from None
+    except (ValueError, TypeError, AttributeError, KeyError, LookupError, ArithmeticError, RuntimeError,
+            OSError) as exc:  # raised inside a validator (pydantic wraps ValueError only): still a bad option
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        raise ConfigError(f"{where}: {type(exc).__name__} while checking the options of "
+                          f"{model.__module__}.{model.__qualname__}{': ' + message if message else ''}") from None
 
 
 def format_validation_error(exc: ValidationError, model: type[BaseModel], where: str, root: bool = False) -> str:
@@ -644,6 +683,9 @@ def check_suite(suite: Suite, source: str) -> None:
         where = f"{source}: evaluation.attacks.{index}"
         _named(ATTACKS, attack.name, f"{where}.name")
         cls = ATTACKS.get(attack.name)
+        if not isinstance(cls.defaults, dict):  # a plugin's broken preset
+            raise ConfigError(f"{where}.name: attack {attack.name!r} has defaults {cls.defaults!r}, not a mapping "
+                              f"of options (a broken plugin?)")
         params = validate_options(cls.Params, {**cls.defaults, **attack.options}, where)
         attack.options = {k: v for k, v in params.model_dump(mode="json").items()}
     _unique([a.label for a in suite.evaluation.attacks], f"{source}: evaluation.attacks", "attack label")

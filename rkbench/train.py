@@ -11,6 +11,7 @@ import copy
 import math
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,7 +153,9 @@ class _JobState:
             return
         fresh = self._snapshot(device, data_generator)
         try:
-            state = torch.load(self.checkpoint, map_location=device, weights_only=True)
+            with warnings.catch_warnings():  # a garbled file: torch warns about its "pickle protocol" first
+                warnings.simplefilter("ignore")
+                state = torch.load(self.checkpoint, map_location=device, weights_only=True)
             self._apply(state, device, data_generator)
         except Exception as exc:  # unpickling refused, bad zip, EOF, missing key, wrong shape: start over
             self._restore(fresh, device, data_generator)

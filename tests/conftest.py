@@ -171,3 +171,14 @@ def tiny_digits_training(epochs: int = 1, **training) -> tuple[float, str]:
     result = Trainer(config, torch.device("cpu")).fit(model, build_method("natural", {}, ThreatModel(eps=0.1)), data)
     digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in model.state_dict().values())).hexdigest()
     return result.losses[-1], digest
+
+
+# hypothesis profiles (tests/test_bad_input.py): "ci", the default, runs a fixed, derandomized budget
+# (the same examples every time, well under a minute); HYPOTHESIS_PROFILE=large searches far wider
+# (docs/errors.md). Failures found are kept as @example cases in the tests.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("ci", max_examples=60, derandomize=True, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("large", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RkbenchError
 from ..registry import Registry
 
 
@@ -64,7 +64,10 @@ def check_model_options(name: str, options: dict) -> dict:
     Returns the options, normalized by the factory's own ``check_options`` hook when it has one
     (e.g. timm: a checkpoint's sha256 joins the options, and so the run id)."""
     factory = MODELS.get(name)
-    parameters = inspect.signature(factory).parameters
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError) as exc:  # a plugin registered something without a signature
+        raise ConfigError(f"model {name!r}: its factory {factory!r} has no readable signature ({exc})") from None
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         allowed = set(parameters) - {"num_classes", "in_channels", "image_size"}
         unknown = sorted(set(options) - allowed)
@@ -72,7 +75,14 @@ def check_model_options(name: str, options: dict) -> dict:
             raise ConfigError(f"model {name!r} takes no option {unknown[0]!r}; it takes: "
                               f"{', '.join(sorted(allowed)) or 'none'}")
     hook = getattr(factory, "check_options", None)
-    return hook(options) if hook else options
+    if not hook:
+        return options
+    try:
+        return hook(options)
+    except RkbenchError:
+        raise
+    except Exception as exc:  # a plugin's hook that raises: one line naming it, not a traceback
+        raise ConfigError(f"model {name!r}: its check_options raised {type(exc).__name__}: {exc}") from None
 
 
 def rebuild_options(name: str, options: dict) -> dict:

@@ -47,7 +47,7 @@ import pandas as pd
 
 from ..errors import RkbenchError
 from ..record import RunRecord, load_valid_record
-from ..store import CONFIG, RUNS, TEACHERS, holds_results, iter_result_dirs, read_json_or_none
+from ..store import RUNS, TEACHERS, holds_results, iter_result_dirs, read_config
 from .examples import class_counts
 from .stats import wilson
 
@@ -227,7 +227,8 @@ def run_row(record: RunRecord, config: dict | None, source: Path, attacks: list[
         row["_group"] = digest({k: v for k, v in identity.items() if k != "seed"})
         row["_student_key"] = digest({k: identity.get(k) for k in ("dataset", "threat", "student")})
         row["_teacher_key"] = digest(identity["teacher"]) if identity.get("teacher") else None
-        row["_method_name"] = (identity.get("method") or {}).get("name") or row["method"]
+        method = identity.get("method")
+        row["_method_name"] = (method.get("name") if isinstance(method, dict) else None) or row["method"]
     else:  # no config.json (older or copied results): fall back on the names shown
         row["_group"] = digest([row["suite"], teacher, row["student"], row["method"], record.model])
         row["_student_key"] = digest([row["student"], record.model])
@@ -267,7 +268,7 @@ def collect(paths) -> Results:
             record = load_valid_record(run_directory)
             if record is None:
                 continue
-            row = run_row(record, read_json_or_none(run_directory / CONFIG), directory, attacks, diagnostics)
+            row = run_row(record, read_config(run_directory), directory, attacks, diagnostics)
             row.update(class_columns(run_directory if row["_finished"] else None, record))
             previous = runs.get(row["run_id"])
             if previous is not None:
@@ -280,7 +281,7 @@ def collect(paths) -> Results:
             record = load_valid_record(teacher_directory)
             if record is not None and (str(directory), record.run_id) not in teachers:
                 teachers[(str(directory), record.run_id)] = teacher_row(
-                    record, read_json_or_none(teacher_directory / CONFIG), directory, teacher_attacks)
+                    record, read_config(teacher_directory), directory, teacher_attacks)
     teacher_frame = pd.DataFrame(list(teachers.values()))
     frame = pd.DataFrame(list(runs.values()))
     suites = list(dict.fromkeys(frame["suite"])) if not frame.empty else []

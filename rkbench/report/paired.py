@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..errors import RkbenchError
 from ..record import load_valid_record
-from ..store import CLEAN, CONFIG, RUNS, read_json_or_none
+from ..store import CLEAN, RUNS, read_config
 from .examples import correctness, labels, read_arrays
 from .frame import NO_TEACHER, Results
 from .stats import holm, paired, verdict, wilson
@@ -57,7 +57,7 @@ def load_run(directory: Path) -> RunArrays:
     if arrays is None or CLEAN not in arrays:
         raise RkbenchError(f"{directory}: no readable per_example.npz (per-example results are needed for a "
                            f"paired test)")
-    identity = (read_json_or_none(directory / CONFIG) or {}).get("identity") or {}
+    identity = (read_config(directory) or {}).get("identity") or {}
     name = "/".join(str(value or NO_TEACHER) for value in (record.student, record.teacher, record.method))
     name += f" seed {record.seed}"
     return RunArrays(record.run_id, directory, name, record.seed, correctness(arrays, record),
