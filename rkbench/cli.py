@@ -217,6 +217,33 @@ def compare(items, results_dir, metrics, fmt, alpha, resamples, out):
     _write_report(text, [], None, out)
 
 
+@main.command()
+@click.argument("results_dirs", nargs=-1, required=True, metavar="DIR...", type=click.Path(path_type=Path))
+@click.option("--metric", default="worst_case", show_default=True,
+              help="The accuracy ranked (higher is better): worst_case, clean or an attack's label.")
+@click.option("--per-seed", is_flag=True, help="Rank in every (setting, seed) block, not in every setting's mean "
+              "over seeds: for suites of few settings and several seeds (the ranking then speaks for these "
+              "settings only).")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
+              help="Level of the Friedman test and of the Nemenyi critical difference.")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json", "html", "png"]), default="md",
+              show_default=True, help="png: the critical-difference diagram (needs --out FILE.png).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file, not stdout.")
+@one_line_errors
+def rank(results_dirs, metric, per_seed, alpha, fmt, out):
+    """Rank the methods over every setting (student x teacher x dataset) of DIR...: average ranks, the
+    Friedman test and the critical-difference diagram (Demšar, JMLR 2006; autorank)."""
+    from .report.rank import rank_report
+
+    text, _ = rank_report(results_dirs, fmt, metric, per_seed, alpha, out)
+    if isinstance(text, bytes):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(text)
+        click.echo(f"wrote {out}")
+    else:
+        _write_report(text, [], None, out)
+
+
 @main.command(name="eval")
 @click.option("--model", "model_spec", required=True, metavar="SPEC",
               help="A run/teacher directory, or SOURCE[:key=value,...], e.g. pyautoattack or "

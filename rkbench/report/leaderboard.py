@@ -39,7 +39,7 @@ def teachers_table(results: Results) -> pd.DataFrame:
 
 
 def render(frame: pd.DataFrame, fmt: str, teachers: pd.DataFrame | None = None, meta: dict | None = None,
-           title: str = "rkbench leaderboard", images: list | None = None) -> str:
+           title: str = "rkbench leaderboard", images: list | None = None, sections: list[str] | None = None) -> str:
     """The frame as md, csv, json or html text (the teachers' table joins md, json and html). Each
     names the training-attack protocol: a note line (md, html), a column (csv, json, and md and html
     when the rows mix protocols), ``protocols`` in the json document."""
@@ -58,7 +58,7 @@ def render(frame: pd.DataFrame, fmt: str, teachers: pd.DataFrame | None = None, 
         from .html import to_html
 
         notes = ([note] if note else []) + ([f"sources: {', '.join(meta.get('sources', []))}"] if meta else [])
-        return to_html(without_uniform_protocol(frame), teachers, title, notes, images=images)
+        return to_html(without_uniform_protocol(frame), teachers, title, notes, images=images, sections=sections)
     raise RkbenchError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
@@ -125,11 +125,15 @@ def report(paths, fmt: str = "md", per_seed: bool = False, where=(), sort: str |
     if frame.attrs.get("baseline"):
         meta["baseline"] = frame.attrs["baseline"]
     title = "rkbench leaderboard" + (f": {', '.join(results.suites)}" if results.suites else "")
-    images = None
+    images, sections = None, None
     if fmt == "html" and not (pivot_by or per_class):
+        from .rank import try_rank_section
+
         images = embedded_plots(frame if not per_seed else leaderboard(None, where=where, results=results,
                                                                        internal=True), results)
-    text = render(frame, fmt, None if per_class else teachers_table(results), meta, title=title, images=images)
+        sections = [try_rank_section(results, alpha)]
+    text = render(frame, fmt, None if per_class else teachers_table(results), meta, title=title, images=images,
+                  sections=sections)
     return text, frame, results
 
 

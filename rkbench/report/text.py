@@ -12,13 +12,13 @@ from .seeds import describe
 
 # how numbers are shown (Markdown, HTML, the console); CSV and JSON keep full numbers, rounded
 COUNTS = {"params", "madds"}
-INTEGERS = {"seed", "seeds", "n"}
+INTEGERS = {"seed", "seeds", "n", "rank", "blocks"}
 DECIMALS = {"transfer_ratio": 3, "grad_cosine": 3, "train_s": 1, "local_linearity": 4, "worst_class": 1}
 SIGNED = {"delta_at", "delta", "difference"}
 P_VALUES = {"p", "p_holm"}
 PROBABILITIES = {"prob_improvement"}  # shown as 0.92 [0.80, 1.00]
 FOLDED = ("_std", "_lo", "_hi")  # shown inside their column's cell: mean ±interval (sd std)
-ROUND = {"transfer_ratio": 4, "grad_cosine": 4, "local_linearity": 6, "prob_improvement": 4}  # CSV/JSON; everything else 2 (and %)
+ROUND = {"transfer_ratio": 4, "grad_cosine": 4, "local_linearity": 6, "prob_improvement": 4, "mean_rank": 4}  # CSV/JSON; everything else 2 (and %)
 HIDDEN_IN_TABLES = {"cascade", "seed_list", "run_id"}  # Markdown, console and HTML (run ids as tooltips there)
 
 
