@@ -154,3 +154,20 @@ def test_the_report_prints_its_resamples_and_compare_uses_the_method_level(tmp_p
     assert frame["level"].tolist() == ["method"] and frame["verdict"].tolist() == ["better"]
     assert frame["accuracy"].iloc[0] == pytest.approx(100 * np.mean([a.mean() for a in at]) + 100 * 20 / N)
     assert "2000 resamples" in text
+
+
+def test_the_methods_suite_reruns_the_digits_suite_seed_0_and_shares_its_teacher():
+    from rkbench.suite import expand, load_suite
+
+    def ids(path):
+        teachers, runs = expand(load_suite(path))
+        return ({(r.student.name, r.method.label, r.seed): r.run_id for r in runs},
+                {t.spec.name: t.teacher_id for t in teachers})
+
+    digits, digits_teachers = ids("suites/digits.yaml")
+    methods, methods_teachers = ids("suites/digits-methods.yaml")
+    assert {seed for (_, _, seed) in methods} == {0, 1, 2, 3, 4} and len(methods) == 70
+    assert methods_teachers == {"at_cnn": digits_teachers["at_cnn"]}  # one teacher serves all five seeds
+    for (student, method, seed), run_id in methods.items():
+        if seed == 0:
+            assert digits[(student, method, 0)] == run_id
