@@ -81,3 +81,13 @@ def test_too_few_settings_is_one_line_exit_2_and_seeds_can_be_blocks(tmp_path):
     write_settings(two, {m: VALUES[m] for m in ("ard", "at")})
     result = CliRunner().invoke(main, ["rank", str(two)])
     assert result.exit_code == 2 and "found 2 method(s)" in result.stderr
+
+
+def test_an_incomplete_table_drops_the_block_or_the_method_that_keeps_more_methods():
+    from rkbench.report.rank import complete_table
+
+    data = pd.DataFrame({"a": [1.0] * 6, "b": [2.0] * 6, "c": [3.0] * 6, "d": [4.0] * 5 + [math.nan]})
+    table, dropped = complete_table(data)  # drop the sixth block: four methods in five blocks
+    assert list(table.columns) == ["a", "b", "c", "d"] and len(table) == 5 and dropped == []
+    table, dropped = complete_table(data.iloc[1:])  # only four complete blocks: drop the method instead
+    assert list(table.columns) == ["a", "b", "c"] and len(table) == 5 and dropped == ["d"]

@@ -28,7 +28,7 @@ from ..record import load_valid_record
 from ..store import CLEAN, CONFIG, RUNS, read_json_or_none
 from .examples import correctness, labels, read_arrays
 from .frame import NO_TEACHER, Results
-from .seeds import RESAMPLES, compare_methods, describe
+from .seeds import BOOTSTRAP_SEED, RESAMPLES, compare_methods, describe
 from .stats import holm, paired, verdict, wilson
 
 PAIRED_COLUMNS = ["level", "delta", "delta_lo", "delta_hi", "prob_improvement", "prob_improvement_lo",
@@ -254,7 +254,7 @@ def method_meta(meta: dict, levels: set, resamples: int) -> dict:
     meta = {**meta, "test": TEST, "interval": INTERVAL}
     if METHOD in levels:
         meta.update({"method_test": METHOD_TEST, "method_interval": METHOD_INTERVAL, "resamples": resamples,
-                     "bootstrap_seed": 0})
+                     "bootstrap_seed": BOOTSTRAP_SEED})
     return meta
 
 

@@ -10,8 +10,9 @@ ranks must exceed to differ, drawn as a CD diagram. The statistics and the diagr
 branch Demšar recommends.
 
 A teacher-free method (``at``, ``trades``) belongs to every teacher's setting of its student, as it
-serves as every teacher's baseline in ``--baseline``. Only methods present in every setting are
-ranked (the Friedman test needs a complete table); the others are named in ``dropped``.
+serves as every teacher's baseline in ``--baseline``. The Friedman test needs a complete table: the
+methods present in every setting are ranked, or the settings that hold every method, whichever ranks
+more methods in enough settings (``complete_table``); methods left out are named in ``dropped``.
 
 ``per_seed``: the blocks are (setting, seed) instead of settings: every seed is a block, so a suite of
 few settings but several seeds can be ranked. The ranking then speaks for the training randomness of
@@ -91,14 +92,22 @@ def settings_frame(results: Results, metric: str = "worst_case", per_seed: bool 
     return pd.DataFrame.from_dict(values, orient="index")
 
 
+def complete_table(data: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The Friedman test needs every method in every block: either the methods present in every
+    block, or the blocks that hold every method, whichever ranks more methods in enough blocks."""
+    by_methods = data[sorted(m for m in data.columns if data[m].notna().all())]
+    by_blocks = data.dropna(axis=0)[sorted(data.columns)]
+    usable = [t for t in (by_methods, by_blocks) if len(t) >= MIN_BLOCKS and t.shape[1] >= MIN_METHODS]
+    best = max(usable, key=lambda t: (t.shape[1], len(t))) if usable else by_methods
+    return best, sorted(set(data.columns) - set(best.columns))
+
+
 def rank(results: Results, metric: str = "worst_case", per_seed: bool = False, alpha: float = 0.05) -> Ranking:
     """The average ranks, the Friedman test and the Nemenyi CD (autorank, non-parametric)."""
     from autorank import autorank
 
-    data = settings_frame(results, metric, per_seed)
-    complete = [m for m in data.columns if data[m].notna().all()]
-    dropped = sorted(set(data.columns) - set(complete))
-    data = data[sorted(complete)]
+    data, dropped = complete_table(settings_frame(results, metric, per_seed))
+    complete = list(data.columns)
     unit = "settings x seeds (blocks)" if per_seed else "settings (student x teacher x dataset)"
     if len(complete) < MIN_METHODS or len(data) < MIN_BLOCKS:
         hint = ("" if per_seed or results.runs["seed"].nunique() < 2 else
