@@ -197,15 +197,18 @@ def validate(suite_file, overrides):
 @click.option("--tolerance", type=float, default=2.0, show_default=True,
               help="--against-paper: flag differences larger than this many points.")
 @click.option("--baseline", metavar="METHOD", help="Paired tests of every row against this method (at, or "
-              "teacher/method) for the same student, teacher and seed: delta, its interval, p, Holm verdict.")
+              "teacher/method) for the same student, teacher and seed: delta, its interval, p, Holm verdict; "
+              "method level (seeds as replications) when both sides have 2 or more seeds.")
 @click.option("--metric", default="worst_case", show_default=True,
               help="What --baseline compares per example: worst_case, clean or an exact attack's label.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
               help="Level of the Holm-corrected verdicts.")
+@click.option("--resamples", type=click.IntRange(100, 1_000_000), default=2000, show_default=True,
+              help="Bootstrap draws of the method-level statistics (rows of 2 or more seeds a side).")
 @click.option("--per-class", is_flag=True, help="The per-class worst-case accuracy of every row (robust fairness).")
 @one_line_errors
 def report(results_dirs, fmt, out, sort, where, pivot_by, value, per_seed, against_paper, tolerance, baseline, metric,
-           alpha, per_class):
+           alpha, resamples, per_class):
     """Leaderboard of one or several results directories, from their files alone (runs found in
     several directories count once)."""
     from .report import report as build_report
@@ -213,7 +216,7 @@ def report(results_dirs, fmt, out, sort, where, pivot_by, value, per_seed, again
     text, written, results = build_report(results_dirs, fmt, per_seed=per_seed, where=where, sort=sort,
                                           pivot_by=pivot_by, value=value, out=out, against_paper=against_paper,
                                           tolerance=tolerance, baseline=baseline, metric=metric, alpha=alpha,
-                                          per_class=per_class)
+                                          per_class=per_class, resamples=resamples)
     _write_report(text, written, results, out)
 
 
@@ -260,15 +263,45 @@ def status(results_dir, as_json):
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
               help="Level of the Holm-corrected verdicts.")
+@click.option("--resamples", type=click.IntRange(100, 1_000_000), default=2000, show_default=True,
+              help="Bootstrap draws of the method-level statistics (rows of 2 or more seeds a side).")
 @click.option("--out", type=click.Path(path_type=Path), help="Write to this file, not stdout.")
 @one_line_errors
-def compare(items, results_dir, metrics, fmt, alpha, out):
-    """Paired exact tests of B, C... against A on their common examples, for every metric. Each of
-    A, B... is a run directory or a student/method label inside --results-dir (all its seeds)."""
+def compare(items, results_dir, metrics, fmt, alpha, resamples, out):
+    """Paired tests of B, C... against A on their common examples, for every metric. Each of
+    A, B... is a run directory or a student/method label inside --results-dir (all its seeds):
+    one seed a side, the exact McNemar test; 2 or more, the method level (docs/seeds.md)."""
     from .report import compare_report
 
-    text, _ = compare_report(items, results_dir, metrics, fmt, alpha)
+    text, _ = compare_report(items, results_dir, metrics, fmt, alpha, resamples)
     _write_report(text, [], None, out)
+
+
+@main.command()
+@click.argument("results_dirs", nargs=-1, required=True, metavar="DIR...", type=click.Path(path_type=Path))
+@click.option("--metric", default="worst_case", show_default=True,
+              help="The accuracy ranked (higher is better): worst_case, clean or an attack's label.")
+@click.option("--per-seed", is_flag=True, help="Rank in every (setting, seed) block, not in every setting's mean "
+              "over seeds: for suites of few settings and several seeds (the ranking then speaks for these "
+              "settings only).")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
+              help="Level of the Friedman test and of the Nemenyi critical difference.")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json", "html", "png"]), default="md",
+              show_default=True, help="png: the critical-difference diagram (needs --out FILE.png).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file, not stdout.")
+@one_line_errors
+def rank(results_dirs, metric, per_seed, alpha, fmt, out):
+    """Rank the methods over every setting (student x teacher x dataset) of DIR...: average ranks, the
+    Friedman test and the critical-difference diagram (Demšar, JMLR 2006; autorank)."""
+    from .report.rank import rank_report
+
+    text, _ = rank_report(results_dirs, fmt, metric, per_seed, alpha, out)
+    if isinstance(text, bytes):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(text)
+        click.echo(f"wrote {out}")
+    else:
+        _write_report(text, [], None, out)
 
 
 @main.command(name="eval")

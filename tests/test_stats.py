@@ -167,7 +167,8 @@ def toy(tmp_path):
         write_run(base, f"at{seed}", "at", seed, clean, at)
         ard = flip(at, 40, 0, rng)
         write_run(base, f"ard{seed}", "ard", seed, clean, ard, teacher="tA")
-        write_run(base, f"kd{seed}", "kd", seed, clean, flip(at, 3, 2, rng), teacher="tA")
+        runs[("kd", seed)] = flip(at, 3, 2, rng)
+        write_run(base, f"kd{seed}", "kd", seed, clean, runs[("kd", seed)], teacher="tA")
         write_run(base, f"rslad{seed}", "rslad", seed, clean, flip(at, 0, 30, rng), teacher="tA")
         runs[("ard", seed)] = ard
     return base, runs
@@ -185,19 +186,30 @@ def test_report_baseline_marks_better_worse_within_noise(toy):
     assert rows["ard"]["verdict"] == "better" and rows["ard"]["delta"] == pytest.approx(100 * 80 / 800)
     assert rows["rslad"]["verdict"] == "worse"
     assert rows["kd"]["verdict"] == "within noise" and rows["kd"]["delta"] == pytest.approx(100 * 2 / 800)
-    # p: the stratified exact test (seeds pooled); p_holm: Holm over the three rows compared
-    assert rows["ard"]["p"] == pytest.approx(scipy_stats.binomtest(80, 80).pvalue)
-    assert rows["kd"]["p"] == pytest.approx(scipy_stats.binomtest(6, 10).pvalue)
+    # two seeds a side: the method level (two-level bootstrap); p_holm: Holm over the three rows compared
+    assert {rows[m]["level"] for m in ("ard", "kd", "rslad")} == {"method"}
     ps = [rows[m]["p"] for m in ("ard", "kd", "rslad")]
     assert [rows[m]["p_holm"] for m in ("ard", "kd", "rslad")] == pytest.approx(holm(ps))
     assert rows["ard"]["delta_lo"] > 0 and rows["kd"]["delta_lo"] < 0 < rows["kd"]["delta_hi"]
-    assert "| within noise |" in text and "| better |" in text and "Holm" in text
+    assert rows["ard"]["prob_improvement"] == 1.0 and rows["rslad"]["prob_improvement"] == 0.0
+    assert "| within noise |" in text and "| better |" in text and "Holm" in text and "2000 resamples" in text
+    # one seed a side (seed 0 only): the model level, p the exact McNemar test
+    _, frame, _ = report(base, "md", baseline="at", where=["seed=0"])
+    rows = rows_by_method(frame)
+    assert {rows[m]["level"] for m in ("ard", "kd", "rslad")} == {"model"}
+    assert rows["ard"]["p"] == pytest.approx(scipy_stats.binomtest(40, 40).pvalue)
+    discordant = int((runs[("at", 0)] != runs[("kd", 0)]).sum())
+    gained = int((runs[("kd", 0)] & ~runs[("at", 0)]).sum())
+    assert rows["kd"]["p"] == pytest.approx(scipy_stats.binomtest(gained, discordant).pvalue)
+    assert math.isnan(rows["ard"]["prob_improvement"])
     csv_text, _, _ = report(base, "csv", baseline="at")
     csv = pd.read_csv(io.StringIO(csv_text))
-    assert {"delta", "delta_lo", "delta_hi", "p", "p_holm", "verdict"} <= set(csv.columns)
+    assert {"seeds", "level", "delta", "delta_lo", "delta_hi", "prob_improvement", "p", "p_holm",
+            "verdict"} <= set(csv.columns)
     assert set(csv["verdict"]) == {"baseline", "better", "worse", "within noise"}
     document = json.loads(report(base, "json", baseline="at")[0])
-    assert document["baseline"]["label"] == "at" and "McNemar" in document["baseline"]["test"]
+    assert document["baseline"]["label"] == "at" and "bootstrap" in document["baseline"]["method_test"]
+    assert document["baseline"]["resamples"] == 2000
     assert {r["method"]: r["verdict"] for r in document["rows"]}["kd"] == "within noise"
 
 
@@ -249,8 +261,8 @@ def test_compare_run_directories_and_labels(toy):
     assert result.exit_code == 0, result.output
     table = pd.read_csv(io.StringIO(result.stdout))
     assert list(table["compared"]) == ["mlp/kd", "mlp/tA/ard"] and set(table["seeds"]) == {2}
-    assert list(table["verdict"]) == ["within noise", "better"]
-    assert table["p_holm"].tolist() == pytest.approx(holm(table["p"].tolist()))
+    assert list(table["verdict"]) == ["within noise", "better"] and set(table["level"]) == {"method"}
+    assert table["p_holm"].tolist() == pytest.approx(holm(table["p"].tolist()), abs=1e-5)  # the CSV rounds p
 
 
 @pytest.mark.parametrize("change,message", [

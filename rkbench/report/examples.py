@@ -49,9 +49,11 @@ def labels(arrays: dict[str, np.ndarray]) -> np.ndarray | None:
     return None if value is None else value.astype(np.int64)
 
 
-def class_counts(run_directory: Path, record: RunRecord, metric: str = "worst_case") -> dict[int, tuple[int, int]] | None:
-    """class -> (examples correct under ``metric``, examples) of one run; None without labels."""
-    arrays = read_arrays(run_directory)
+def class_counts(run_directory: Path, record: RunRecord, metric: str = "worst_case",
+                 arrays: dict[str, np.ndarray] | None = None) -> dict[int, tuple[int, int]] | None:
+    """class -> (examples correct under ``metric``, examples) of one run; None without labels.
+    ``arrays``: the run's per_example.npz if already read."""
+    arrays = read_arrays(run_directory) if arrays is None else arrays
     if arrays is None or LABELS not in arrays or CLEAN not in arrays:
         return None
     try:

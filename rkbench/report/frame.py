@@ -47,8 +47,9 @@ import pandas as pd
 
 from ..errors import RkbenchError
 from ..record import RunRecord, load_valid_record
-from ..store import RUNS, TEACHERS, holds_results, iter_result_dirs, read_config
-from .examples import class_counts
+from ..store import CLEAN, RUNS, TEACHERS, holds_results, iter_result_dirs, read_config
+from .examples import class_counts, correctness, read_arrays
+from .seeds import mean_interval
 from .stats import wilson
 
 SCHEMA_VERSION = 3  # 3: the protocol and attack_mode columns
@@ -302,11 +303,20 @@ def loss_curves(record: RunRecord) -> dict:
 
 def class_columns(run_directory: Path | None, record: RunRecord) -> dict:
     """``worst_class`` (lowest per-class worst case, %) and the per-class counts behind it, from
-    ``per_example.npz`` (NaN for runs written before labels were stored)."""
-    counts = class_counts(run_directory, record) if run_directory is not None else None
+    ``per_example.npz`` (NaN for runs written before labels were stored); ``_correct``: the run's
+    per-example correctness by metric (None without the file), for the intervals over seeds."""
+    arrays = read_arrays(run_directory) if run_directory is not None else None
+    counts = class_counts(run_directory, record, arrays=arrays) if arrays is not None else None
+    correct = None
+    if arrays is not None and CLEAN in arrays:
+        try:
+            correct = correctness(arrays, record)
+        except RkbenchError:
+            correct = None
     if not counts:
-        return {"worst_class": np.nan, "_class_counts": None}
-    return {"worst_class": min(100.0 * k / n for k, n in counts.values()), "_class_counts": counts}
+        return {"worst_class": np.nan, "_class_counts": None, "_correct": correct}
+    return {"worst_class": min(100.0 * k / n for k, n in counts.values()), "_class_counts": counts,
+            "_correct": correct}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,7 +399,7 @@ def selection_columns(results: Results) -> list[str]:
 
 
 INTERNAL = ["_group", "_student_key", "_teacher_key", "_method_name", "_finished", "_source", "_flags",
-            "_at_worst_case", "_n", "_class_counts"]
+            "_at_worst_case", "_n", "_class_counts", "_correct"]
 
 
 def flag_markers(flag_lists: list[list[tuple[str, str]]]) -> str:
@@ -435,12 +445,8 @@ def aggregate_frame(results: Results) -> pd.DataFrame:
             values = group[metric].astype(float)
             row[metric] = values.mean()
             row[f"{metric}_std"] = values.std(ddof=1) if values.notna().sum() > 1 else np.nan
-        for metric in accuracies:  # the interval over every example of every seed (pooled counts)
-            measured = group[group[metric].notna() & group["_n"].notna()]
-            n = measured["_n"].astype(float)
-            k = (measured[metric].astype(float) * n / 100.0).round().sum()
-            lo, hi = wilson(int(k), int(n.sum())) if len(measured) == len(group) and n.sum() > 0 else (np.nan, np.nan)
-            row[f"{metric}_lo"], row[f"{metric}_hi"] = 100.0 * lo, 100.0 * hi
+        for metric in accuracies:
+            row[f"{metric}_lo"], row[f"{metric}_hi"] = seeds_interval(group, metric)
         row["_n"] = group["_n"].astype(float).sum()
         row["_class_counts"] = pooled_class_counts(group["_class_counts"])
         row["train_s"] = group["train_s"].astype(float).mean()
@@ -461,6 +467,22 @@ def aggregate_frame(results: Results) -> pd.DataFrame:
     out = _mark_mixed_protocols(pd.DataFrame(rows))
     out = out.sort_values(["student", "teacher", "method"], kind="stable")
     return out.reindex(columns=columns + INTERNAL).reset_index(drop=True)
+
+
+def seeds_interval(group: pd.DataFrame, metric: str) -> tuple[float, float]:
+    """The 95 % interval (in %) of a row's accuracy. One seed: Wilson over its examples. Several:
+    the interval of the mean over seeds by the two-level bootstrap over seeds and shared test
+    examples (``seeds``), from the runs' per-example arrays; NaN without them (the seeds' examples
+    are the same examples, so pooling them as independent would claim a precision they lack)."""
+    if len(group) == 1:
+        first = group.iloc[0]
+        value, n = float(first[metric]), first["_n"]
+        return interval(value, None if pd.isna(n) else int(n)) if not math.isnan(value) else (np.nan, np.nan)
+    arrays = [(correct or {}).get(metric) for correct in group.sort_values("seed", kind="stable")["_correct"]]
+    if any(a is None for a in arrays) or len({len(a) for a in arrays}) != 1:
+        return np.nan, np.nan
+    result = mean_interval(arrays)
+    return 100.0 * result.lo, 100.0 * result.hi
 
 
 def pooled_class_counts(per_run) -> dict | None:

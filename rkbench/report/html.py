@@ -304,7 +304,9 @@ def curves_html(curves: list[dict] | None) -> list[str]:
 
 def to_html(frame: pd.DataFrame, teachers: pd.DataFrame | None = None, title: str = "rkbench leaderboard",
             notes: list[str] | None = None, images: list[tuple[str, bytes]] | None = None,
-            curves: list[dict] | None = None) -> str:
+            curves: list[dict] | None = None, sections: list[str] | None = None) -> str:
+    """The leaderboard page; ``curves``: each run's losses per epoch; ``sections``: further HTML blocks
+    after the plots (the ranking, rank.py)."""
     import base64
 
     from .text import flag_legend, interval_legend
@@ -324,8 +326,14 @@ def to_html(frame: pd.DataFrame, teachers: pd.DataFrame | None = None, title: st
             parts.append(f'<p><img class="plot" alt="{html.escape(name)}" title="{html.escape(name)}" '
                          f'src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}"></p>')
     parts += curves_html(curves)
+    parts += list(sections or [])
     for note in notes or []:
         parts.append(f'<p class="note">{html.escape(note)}</p>')
+    return page(title, parts)
+
+
+def page(title: str, parts: list[str]) -> str:
+    """A self-contained page of HTML blocks (sortable tables)."""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width\"><title>{html.escape(title)}</title>"
             f"<script>{ERRORS}</script><style>{STYLE}</style></head>\n<body>\n" + "\n".join(parts)

@@ -13,6 +13,7 @@ from .frame import Results, aggregate_frame, collect, per_seed_frame, protocols,
 from .paired import compare_frame, resolve, with_baseline
 from .paper import DEFAULT_TOLERANCE, against_paper, legend
 from .query import apply_sort, leaderboard, parse_sort
+from .seeds import RESAMPLES
 from .text import display_frame, protocol_note, to_csv, to_json, to_markdown, without_uniform_protocol
 
 FORMATS = ("md", "csv", "json", "html", "png")
@@ -38,7 +39,8 @@ def teachers_table(results: Results) -> pd.DataFrame:
 
 
 def render(frame: pd.DataFrame, fmt: str, teachers: pd.DataFrame | None = None, meta: dict | None = None,
-           title: str = "rkbench leaderboard", images: list | None = None, curves: list | None = None) -> str:
+           title: str = "rkbench leaderboard", images: list | None = None, curves: list | None = None,
+           sections: list[str] | None = None) -> str:
     """The frame as md, csv, json or html text (the teachers' table joins md, json and html). Each
     names the training-attack protocol: a note line (md, html), a column (csv, json, and md and html
     when the rows mix protocols), ``protocols`` in the json document."""
@@ -57,7 +59,8 @@ def render(frame: pd.DataFrame, fmt: str, teachers: pd.DataFrame | None = None, 
         from .html import to_html
 
         notes = ([note] if note else []) + ([f"sources: {', '.join(meta.get('sources', []))}"] if meta else [])
-        return to_html(without_uniform_protocol(frame), teachers, title, notes, images=images, curves=curves)
+        return to_html(without_uniform_protocol(frame), teachers, title, notes, images=images, curves=curves,
+                       sections=sections)
     raise RkbenchError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
@@ -81,7 +84,7 @@ def paper_report(results: Results, fmt: str, tolerance: float = DEFAULT_TOLERANC
 def report(paths, fmt: str = "md", per_seed: bool = False, where=(), sort: str | None = None,
            pivot_by: str | None = None, value: str = "worst_case", out: str | Path | None = None,
            against_paper: bool = False, tolerance: float = DEFAULT_TOLERANCE, baseline: str | None = None,
-           metric: str = "worst_case", alpha: float = 0.05, per_class: bool = False):
+           metric: str = "worst_case", alpha: float = 0.05, per_class: bool = False, resamples: int = RESAMPLES):
     """Build a report; returns (text or None, the frame, Results). ``png`` writes the plots into
     ``out`` (a directory) and returns no text. ``against_paper``: the suites' published numbers
     beside the measured ones instead of the leaderboard. ``baseline``: paired tests of every row
@@ -101,7 +104,7 @@ def report(paths, fmt: str = "md", per_seed: bool = False, where=(), sort: str |
     frame = leaderboard(None, per_seed=per_seed, where=where, sort=None if baseline else sort, pivot_by=pivot_by,
                         value=value, results=results, internal=True)
     if baseline:
-        frame = with_baseline(frame, results.runs, baseline, metric, alpha)
+        frame = with_baseline(frame, results.runs, baseline, metric, alpha, resamples)
         attrs = dict(frame.attrs)
         frame = apply_sort(frame, parse_sort(sort)).reset_index(drop=True)
         frame.attrs.update(attrs)
@@ -124,13 +127,16 @@ def report(paths, fmt: str = "md", per_seed: bool = False, where=(), sort: str |
     if frame.attrs.get("baseline"):
         meta["baseline"] = frame.attrs["baseline"]
     title = "rkbench leaderboard" + (f": {', '.join(results.suites)}" if results.suites else "")
-    images = curves = None
+    images = curves = sections = None
     if fmt == "html" and not (pivot_by or per_class):
+        from .rank import try_rank_section
+
         images = embedded_plots(frame if not per_seed else leaderboard(None, where=where, results=results,
                                                                        internal=True), results)
         curves = rows_curves(frame, results)
+        sections = [try_rank_section(results, alpha)]
     text = render(frame, fmt, None if per_class else teachers_table(results), meta, title=title, images=images,
-                  curves=curves)
+                  curves=curves, sections=sections)
     return text, frame, results
 
 
@@ -153,7 +159,8 @@ def embedded_plots(frame: pd.DataFrame, results: Results) -> list[tuple[str, byt
         return [(path.name, path.read_bytes()) for path in write_plots(frame, results.attacks, directory)]
 
 
-def compare_report(items, results_dir=None, metrics=(), fmt: str = "md", alpha: float = 0.05):
+def compare_report(items, results_dir=None, metrics=(), fmt: str = "md", alpha: float = 0.05,
+                   resamples: int = RESAMPLES):
     """``rkbench compare``: every later item against the first (run directories, or student/method
     labels inside ``results_dir``), paired on their common examples. Returns (text, frame)."""
     if fmt not in ("md", "csv", "json"):
@@ -161,7 +168,7 @@ def compare_report(items, results_dir=None, metrics=(), fmt: str = "md", alpha: 
     if len(items) < 2:
         raise RkbenchError("compare needs at least two runs (the first is the reference)")
     results = collect(results_dir) if results_dir is not None else None
-    frame = compare_frame([resolve(item, results) for item in items], list(metrics) or None, alpha)
+    frame = compare_frame([resolve(item, results) for item in items], list(metrics) or None, alpha, resamples)
     meta = {"view": "compare", "baseline": frame.attrs["baseline"]}
     return render(frame, fmt, meta=meta), frame
 

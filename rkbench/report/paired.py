@@ -1,11 +1,18 @@
 """Paired comparisons on identical examples: ``rkbench report --baseline`` and ``rkbench compare``.
 
-Two runs are compared on their per-example correctness (``per_example.npz``) for one metric:
-Δ (points), its 95 % interval (Newcombe's hybrid score for paired proportions), the exact McNemar p-value,
-and over a table the Holm-adjusted p-value and a verdict (better / worse / within noise). Runs of
-several seeds are paired seed by seed and their discordant counts pooled (a stratified exact
-test; ``stats``). Runs evaluated on different examples or threat models are never compared: that
-is an error, in one line.
+Runs are compared on their per-example correctness (``per_example.npz``) for one metric, at one
+of two levels (column ``level``):
+
+- ``model``: one seed on either side (two trained models): Δ (points), its 95 % interval
+  (Newcombe's hybrid score for paired proportions) and the exact McNemar p-value (``stats``);
+- ``method``: both sides have 2 or more seeds, paired by seed: Δ is the mean over seeds of the
+  per-seed differences; its interval, its p-value and ``prob_improvement`` come from the two-level
+  bootstrap over seeds and shared test examples (``seeds``), so they cover training randomness
+  as well as the sampling of test examples.
+
+Over a table the p-values are Holm-adjusted and give the verdict (better / worse / within noise).
+Runs evaluated on different examples or threat models are never compared: that is an error, in
+one line.
 """
 from __future__ import annotations
 
@@ -21,9 +28,12 @@ from ..record import load_valid_record
 from ..store import CLEAN, RUNS, read_config
 from .examples import correctness, labels, read_arrays
 from .frame import NO_TEACHER, Results
+from .seeds import BOOTSTRAP_SEED, RESAMPLES, compare_methods, describe
 from .stats import holm, paired, verdict, wilson
 
-PAIRED_COLUMNS = ["delta", "delta_lo", "delta_hi", "p", "p_holm", "verdict"]
+PAIRED_COLUMNS = ["level", "delta", "delta_lo", "delta_hi", "prob_improvement", "prob_improvement_lo",
+                  "prob_improvement_hi", "p", "p_holm", "verdict"]
+MODEL, METHOD = "model", "method"  # the levels: one trained model per side; seeds as replications
 BASELINE = "baseline"
 NO_BASELINE = "-"
 
@@ -101,17 +111,42 @@ def pair_seeds(runs: list[RunArrays], baselines: list[RunArrays]) -> list[tuple[
     return [(run, by_seed[run.seed]) for run in runs if run.seed in by_seed]
 
 
-def compare(runs: list[RunArrays], baselines: list[RunArrays], metric: str, alpha: float = 0.05) -> dict | None:
-    """Δ and the exact test of ``runs`` against ``baselines`` on ``metric``; None without a common seed."""
-    pairs = pair_seeds(runs, baselines)
+def compare(runs: list[RunArrays], baselines: list[RunArrays], metric: str, alpha: float = 0.05,
+            resamples: int = RESAMPLES) -> dict | None:
+    """Δ and its test of ``runs`` against ``baselines`` on ``metric``; None without a common seed.
+    Two or more paired seeds: the method level (two-level bootstrap); one: the model level (exact
+    McNemar test, Newcombe's interval)."""
+    pairs = sorted(pair_seeds(runs, baselines), key=lambda pair: (pair[0].seed is None, pair[0].seed or 0))
     if not pairs:
         return None
     for run, base in pairs:
         check_same_examples(run, base)
-    result = paired([(metric_arrays(run, metric), metric_arrays(base, metric)) for run, base in pairs], alpha)
+    arrays = [(metric_arrays(run, metric), metric_arrays(base, metric)) for run, base in pairs]
+    if len(pairs) >= 2:
+        result = compare_methods(arrays, alpha, resamples)
+        return {"level": METHOD, "delta": 100.0 * result.delta, "delta_lo": 100.0 * result.delta_lo,
+                "delta_hi": 100.0 * result.delta_hi, "p": result.p, "prob_improvement": result.prob_improvement,
+                "prob_improvement_lo": result.prob_improvement_lo, "prob_improvement_hi": result.prob_improvement_hi,
+                "seeds": len(pairs), "n": result.n * len(pairs), "accuracy": 100.0 * result.mean,
+                "accuracy_lo": 100.0 * result.mean_lo, "accuracy_hi": 100.0 * result.mean_hi,
+                "reference_accuracy": 100.0 * result.baseline_mean,
+                "reference_accuracy_lo": 100.0 * result.baseline_lo,
+                "reference_accuracy_hi": 100.0 * result.baseline_hi}
+    result = paired(arrays, alpha)
     lo, hi = result.interval
-    return {"delta": 100.0 * result.delta, "delta_lo": 100.0 * lo, "delta_hi": 100.0 * hi, "p": result.p,
-            "seeds": len(pairs), "n": result.n, "b": result.b, "c": result.c}
+    (correct, base), = arrays
+    a, a_lo, a_hi = _wilson_percent(int(np.asarray(correct, bool).sum()), len(correct))
+    b, b_lo, b_hi = _wilson_percent(int(np.asarray(base, bool).sum()), len(base))
+    return {"level": MODEL, "delta": 100.0 * result.delta, "delta_lo": 100.0 * lo, "delta_hi": 100.0 * hi,
+            "p": result.p, "prob_improvement": math.nan, "prob_improvement_lo": math.nan,
+            "prob_improvement_hi": math.nan, "seeds": len(pairs), "n": result.n, "b": result.b, "c": result.c,
+            "accuracy": a, "accuracy_lo": a_lo, "accuracy_hi": a_hi, "reference_accuracy": b,
+            "reference_accuracy_lo": b_lo, "reference_accuracy_hi": b_hi}
+
+
+def _wilson_percent(k: int, n: int) -> tuple[float, float, float]:
+    lo, hi = wilson(k, n)
+    return 100.0 * k / n, 100.0 * lo, 100.0 * hi
 
 
 def add_verdicts(rows: list[dict], alpha: float) -> None:
@@ -152,7 +187,7 @@ def baseline_runs(runs: pd.DataFrame, row_runs: pd.DataFrame, teacher: str | Non
 
 
 def with_baseline(frame: pd.DataFrame, runs: pd.DataFrame, label: str, metric: str = "worst_case",
-                  alpha: float = 0.05) -> pd.DataFrame:
+                  alpha: float = 0.05, resamples: int = RESAMPLES) -> pd.DataFrame:
     """The leaderboard frame (internal columns kept) with the paired columns against ``label``."""
     teacher, method = parse_baseline(label)
     finished = runs[runs["_finished"]] if not runs.empty else runs
@@ -175,7 +210,7 @@ def with_baseline(frame: pd.DataFrame, runs: pd.DataFrame, label: str, metric: s
     for _, row in frame.iterrows():
         ids = [i for i in str(row.get("run_id", "")).split() if i in by_id.index]
         out = {column: math.nan for column in PAIRED_COLUMNS}
-        out["verdict"] = NO_BASELINE
+        out["verdict"], out["level"] = NO_BASELINE, NO_BASELINE
         if ids and row.get("_finished", True):
             own = by_id.loc[ids]
             base = baseline_runs(finished, own, teacher, method)
@@ -186,9 +221,9 @@ def with_baseline(frame: pd.DataFrame, runs: pd.DataFrame, label: str, metric: s
                 out.update(delta=0.0, verdict=BASELINE)
             elif not base.empty:
                 result = compare([arrays(r) for _, r in own.iterrows()], [arrays(r) for _, r in base.iterrows()],
-                                 metric, alpha)
+                                 metric, alpha, resamples)
                 if result:
-                    out.update({k: result[k] for k in ("delta", "delta_lo", "delta_hi", "p")})
+                    out.update({k: result[k] for k in PAIRED_COLUMNS if k in result})
         rows.append(out)
     compared = [r for r in rows if r["verdict"] not in (BASELINE,) and not math.isnan(r["p"])]
     add_verdicts(compared, alpha)
@@ -199,22 +234,44 @@ def with_baseline(frame: pd.DataFrame, runs: pd.DataFrame, label: str, metric: s
     for column in PAIRED_COLUMNS:
         frame[column] = [r[column] for r in rows]
     frame = _move_after(frame, PAIRED_COLUMNS, "worst_class_std" if "worst_class_std" in frame.columns else "worst_class")
-    frame.attrs["baseline"] = {"label": label, "metric": metric, "alpha": alpha, "tests": len(compared),
-                               "test": TEST, "interval": INTERVAL}
+    levels = {r["level"] for r in compared}
+    frame.attrs["baseline"] = method_meta({"label": label, "metric": metric, "alpha": alpha, "tests": len(compared)},
+                                          levels, resamples)
     frame.attrs["legend"] = [legend(f"{metric} minus that of the baseline `{label}` (same student, teacher and "
-                                    f"seed)", metric, len(compared), alpha)]
+                                    f"seed)", metric, len(compared), alpha, levels, resamples)]
     return frame
 
 
 TEST = "exact McNemar test on per-example correctness, seeds as strata (discordant pairs pooled); Holm over the rows"
 INTERVAL = "95 % interval of the paired difference: Newcombe's hybrid score (1998, method 10)"
+METHOD_TEST = ("two-sided bootstrap p-value of the mean paired difference over seeds (two-level bootstrap: seeds "
+               "and shared test examples); Holm over the rows")
+METHOD_INTERVAL = "95 % percentile interval of the two-level bootstrap over seeds and shared test examples"
 
 
-def legend(what: str, metric: str, tests: int, alpha: float) -> str:
-    return (f"`delta`: {what}, in points on identical examples, with its 95 % interval (Newcombe's hybrid score "
-            f"for paired proportions); `p`: exact McNemar test on the per-example {metric}, seeds "
-            f"pooled as strata; `p_holm`: Holm-adjusted over the {tests} comparisons; `verdict`: better or worse "
-            f"when p_holm < {alpha:g}, else within noise (the difference may be sampling noise)")
+def method_meta(meta: dict, levels: set, resamples: int) -> dict:
+    """The JSON ``baseline`` entry: the test and interval of each level present, the resamples."""
+    meta = {**meta, "test": TEST, "interval": INTERVAL}
+    if METHOD in levels:
+        meta.update({"method_test": METHOD_TEST, "method_interval": METHOD_INTERVAL, "resamples": resamples,
+                     "bootstrap_seed": BOOTSTRAP_SEED})
+    return meta
+
+
+def legend(what: str, metric: str, tests: int, alpha: float, levels=frozenset({MODEL}),
+           resamples: int = RESAMPLES) -> str:
+    parts = [f"`delta`: {what}, in points on identical examples"]
+    if MODEL in levels:
+        parts.append(f"level `model` (one seed a side: two trained models): 95 % interval by Newcombe's hybrid score "
+                     f"for paired proportions, `p` the exact McNemar test on the per-example {metric}")
+    if METHOD in levels:
+        parts.append(f"level `method` (2 or more seeds a side, paired by seed): `delta` the mean over seeds of the "
+                     f"per-seed differences, its 95 % interval and `p` from the {describe(resamples)}, "
+                     f"`prob_improvement` the probability that a seed of the row beats a seed of the baseline "
+                     f"(ties count half) with its interval")
+    parts.append(f"`p_holm`: Holm-adjusted over the {tests} comparisons; `verdict`: better or worse when "
+                 f"p_holm < {alpha:g}, else within noise (the difference may be noise)")
+    return "; ".join(parts)
 
 
 def _move_after(frame: pd.DataFrame, moved: list[str], anchor: str) -> pd.DataFrame:
@@ -263,13 +320,6 @@ def resolve(item: str, results: Results | None) -> Item:
     return Item(item, [load_run(_run_directory(r)) for _, r in match.iterrows()])
 
 
-def accuracy(runs: list[RunArrays], metric: str) -> tuple[float, float, float]:
-    k = sum(int(metric_arrays(r, metric).sum()) for r in runs)
-    n = sum(r.n for r in runs)
-    lo, hi = wilson(k, n)
-    return 100.0 * k / n, 100.0 * lo, 100.0 * hi
-
-
 def common_metrics(items: list[Item]) -> list[str]:
     """Metrics measured per example in every run of every item (cascade-only attacks drop out)."""
     metrics = None
@@ -280,7 +330,8 @@ def common_metrics(items: list[Item]) -> list[str]:
     return metrics or []
 
 
-def compare_frame(items: list[Item], metrics: list[str] | None = None, alpha: float = 0.05) -> pd.DataFrame:
+def compare_frame(items: list[Item], metrics: list[str] | None = None, alpha: float = 0.05,
+                  resamples: int = RESAMPLES) -> pd.DataFrame:
     """Every later item against the first, for every metric: accuracies, Δ, interval, p, Holm verdict."""
     if len(items) < 2:
         raise RkbenchError("compare needs at least two runs (the first is the reference)")
@@ -302,21 +353,24 @@ def compare_frame(items: list[Item], metrics: list[str] | None = None, alpha: fl
         pairs = pair_seeds(item.runs, reference.runs)
         runs, bases = [p[0] for p in pairs], [p[1] for p in pairs]
         for metric in metrics or available:
-            result = compare(runs, bases, metric, alpha)
-            a, a_lo, a_hi = accuracy(runs, metric)
-            b, b_lo, b_hi = accuracy(bases, metric)
+            result = compare(runs, bases, metric, alpha, resamples)
             rows.append({"compared": item.label, "reference": reference.label, "metric": metric,
-                         "seeds": result["seeds"], "n": result["n"], "accuracy": a, "accuracy_lo": a_lo,
-                         "accuracy_hi": a_hi, "reference_accuracy": b, "reference_accuracy_lo": b_lo,
-                         "reference_accuracy_hi": b_hi, **{k: result[k] for k in ("delta", "delta_lo", "delta_hi",
-                                                                                 "p")}})
+                         **{k: result[k] for k in COMPARE_COLUMNS}})
     add_verdicts(rows, alpha)
     frame = pd.DataFrame(rows)
-    frame.attrs["baseline"] = {"label": reference.label, "metric": "every metric", "alpha": alpha,
-                               "tests": len(rows), "test": TEST, "interval": INTERVAL}
+    levels = {r["level"] for r in rows}
+    frame.attrs["baseline"] = method_meta({"label": reference.label, "metric": "every metric", "alpha": alpha,
+                                           "tests": len(rows)}, levels, resamples)
     frame.attrs["legend"] = [legend(f"the row's metric minus that of the reference `{reference.label}`", "metric",
-                                    len(rows), alpha)]
+                                    len(rows), alpha, levels, resamples)
+                             + "; `accuracy`: one seed, Wilson interval; several, the mean over seeds with its "
+                               "two-level bootstrap interval"]
     return frame
+
+
+COMPARE_COLUMNS = ["level", "seeds", "n", "accuracy", "accuracy_lo", "accuracy_hi", "reference_accuracy",
+                   "reference_accuracy_lo", "reference_accuracy_hi", "delta", "delta_lo", "delta_hi",
+                   "prob_improvement", "prob_improvement_lo", "prob_improvement_hi", "p"]
 
 
 def _seeds(runs: list[RunArrays]) -> str:

@@ -8,15 +8,17 @@ import numpy as np
 import pandas as pd
 
 from .frame import FLAG_HELP, PROTOCOL_UNKNOWN, SCHEMA_VERSION, protocols, public
+from .seeds import describe
 
 # how numbers are shown (Markdown, HTML, the console); CSV and JSON keep full numbers, rounded
 COUNTS = {"params", "madds"}
-INTEGERS = {"seed", "seeds", "n"}
+INTEGERS = {"seed", "seeds", "n", "rank", "blocks"}
 DECIMALS = {"transfer_ratio": 3, "grad_cosine": 3, "train_s": 1, "local_linearity": 4, "worst_class": 1}
 SIGNED = {"delta_at", "delta", "difference"}
 P_VALUES = {"p", "p_holm"}
+PROBABILITIES = {"prob_improvement"}  # shown as 0.92 [0.80, 1.00]
 FOLDED = ("_std", "_lo", "_hi")  # shown inside their column's cell: mean ±interval (sd std)
-ROUND = {"transfer_ratio": 4, "grad_cosine": 4, "local_linearity": 6}  # CSV/JSON; everything else 2 (and %)
+ROUND = {"transfer_ratio": 4, "grad_cosine": 4, "local_linearity": 6, "prob_improvement": 4, "mean_rank": 4}  # CSV/JSON; everything else 2 (and %)
 HIDDEN_IN_TABLES = {"cascade", "seed_list", "run_id"}  # Markdown, console and HTML (run ids as tooltips there)
 
 
@@ -85,6 +87,8 @@ def display_cell(frame: pd.DataFrame, row, column: str) -> str:
     has_std = std in frame.columns and not missing(row[std]) and not missing(value)
     if bounds and column in SIGNED:
         return f"{value:+.1f} [{bounds[0]:+.1f}, {bounds[1]:+.1f}]"
+    if bounds and column in PROBABILITIES:
+        return f"{value:.2f} [{bounds[0]:.2f}, {bounds[1]:.2f}]"
     if bounds:
         text = f"{float(value):.1f} ±{(bounds[1] - bounds[0]) / 2:.1f}"
         return text + (f" (sd {float(row[std]):.1f})" if has_std else "")
@@ -134,9 +138,10 @@ def interval_legend(frame: pd.DataFrame) -> str:
     """What ``±``, ``sd`` and the verdict mean, under a table that shows them."""
     notes = []
     if any(folded(frame, c) and str(c).endswith("_lo") and not str(c).startswith("delta") for c in frame.columns):
-        notes.append("`78.4 ±3.8`: accuracy and half the width of its 95 % Wilson interval over the test "
-                     "examples (of all seeds pooled); `(sd 0.5)`: sample std over seeds; exact bounds in "
-                     "the CSV/JSON columns `X_lo`, `X_hi`")
+        notes.append("`78.4 ±3.8`: accuracy and half the width of its 95 % interval: one seed, the Wilson interval "
+                     "over the test examples; several seeds, the interval of the mean over seeds from a "
+                     f"{describe()}; `(sd 0.5)`: sample std over seeds; exact bounds in the CSV/JSON columns "
+                     "`X_lo`, `X_hi`")
     if "verdict" in frame.columns:
         notes += list(frame.attrs.get("legend") or [])
     return "".join(f"\n{note}.\n" for note in notes)
