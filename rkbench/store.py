@@ -115,11 +115,11 @@ def read_config(directory: Path) -> dict | None:
     stderr names the file, once per process)."""
     path = Path(directory) / CONFIG
     data = read_json_or_none(path)
-    identity = data.get("identity") if isinstance(data, dict) else None
+    nested = ("identity", "evaluation")  # the run's identity, and the protocol it was evaluated with (export)
     scalars = isinstance(data, dict) and all(value is None or isinstance(value, (str, int, float))
-                                             for key, value in data.items() if key != "identity") \
+                                             for key, value in data.items() if key not in nested) \
         and all(isinstance(data.get(key) or "", str) for key in ("suite", "teacher", "student", "method"))
-    if scalars and (identity is None or isinstance(identity, dict)):
+    if scalars and all(data.get(key) is None or isinstance(data.get(key), dict) for key in nested):
         return data
     if path.exists() and str(path) not in _WARNED:
         _WARNED.add(str(path))

@@ -366,3 +366,14 @@ def test_tensorboard_logging_without_the_package_is_one_line_before_any_training
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1].startswith("error: logging.tensorboard needs the tensorboard package")
     assert not (tmp_path / "results" / "runs").exists() and not (tmp_path / "results" / "teachers").exists()
+
+
+def test_the_config_json_a_run_writes_is_read_back_by_the_reports(finished, capsys):
+    """config.json carries the evaluation protocol (for export) beside its identity; the readers of
+    damaged configs (store.read_config) must still accept the files rkbench itself writes."""
+    from rkbench.store import read_config
+
+    _, _, run, teacher = finished
+    directories = [run, teacher]
+    assert all((p / "config.json").is_file() for p in directories) and all(isinstance(read_config(p), dict) for p in directories)
+    assert "warning: ignored" not in capsys.readouterr().err
