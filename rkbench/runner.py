@@ -119,7 +119,7 @@ class SuiteRunner:
         if record is not None:
             if record.status == "failed" and not self.retry_failed:
                 return RunOutcome(run, "failed", record.error)
-            if record.finished and self.evaluation.current(record) and self.diagnostics_current(run, record):
+            if record.finished and self.evaluation.current(record, self.teachers.sources(run.teacher)) and self.diagnostics_current(run, record):
                 return RunOutcome(run, "cached")
         return None
 
@@ -268,12 +268,13 @@ class SuiteRunner:
     def _finish(self, pending: "_Pending") -> RunOutcome:
         run, directory, student = pending.run, pending.directory, pending.student
         try:
-            result = self.evaluation.run(student, directory, pending.title, seed=run.seed)
+            sources = self.teachers.sources(run.teacher)
+            result = self.evaluation.run(student, directory, pending.title, seed=run.seed, sources=sources)
             write_record(directory, RunRecord(
                 **self._described(run), status="finished", train_seconds=pending.train_seconds,
                 loss_terms=pending.loss_terms or None, parameters=count_parameters(student),
                 madds=try_count_madds(student, self.data.input_shape), diagnostics=self.diagnostics(run, student),
-                **self.evaluation.record_fields(result)))
+                **self.evaluation.record_fields(result, sources)))
             # kept until now: killed while evaluating, the run resumes at its last epoch, not from scratch
             (directory / store.CHECKPOINT).unlink(missing_ok=True)
             return RunOutcome(run, "finished")

@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -501,7 +502,20 @@ def check_suite(suite: Suite, source: str) -> None:
         cls = ATTACKS.get(attack.name)
         params = validate_options(cls.Params, {**cls.defaults, **attack.options}, where)
         attack.options = {k: v for k, v in params.model_dump(mode="json").items()}
+        if cls.needs_source_model:
+            _check_source(suite, attack.options.get("source"), f"{where}.source")
     _unique([a.label for a in suite.evaluation.attacks], f"{source}: evaluation.attacks", "attack label")
+
+
+def _check_source(suite: Suite, name: str | None, where: str) -> None:
+    """A transfer attack's source: "teacher", a single teacher of the suite, or a run id (12 hex digits)."""
+    names = [t.name for t in suite.teachers if t.group is None]
+    if name == "teacher" or name in names or re.fullmatch(r"[0-9a-f]{12}", str(name)):
+        return
+    close = difflib.get_close_matches(str(name), ["teacher", *names], n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"{where}: {name!r} is not 'teacher', a teacher of the suite ({', '.join(names) or 'none'}) "
+                      f"or a run id (12 hex digits){hint}")
 
 
 def check_references(suite: Suite, source: str) -> None:

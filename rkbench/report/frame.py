@@ -48,6 +48,7 @@ SCHEMA_VERSION = 3  # 3: the protocol and attack_mode columns
 ID_COLUMNS = ["teacher", "student", "method"]
 PROTOCOL_UNKNOWN = "?"  # results written before training-attack protocols existed
 MIXED_PROTOCOLS = "mixed_protocols"
+TEACHER_TRANSFER = "teacher_transfer"
 NO_TEACHER = "-"
 AT_METHOD = "at"  # the baseline of delta_at: the same student trained with plain adversarial training
 # metrics.json "diagnostics" key -> (column, scale): agreement and accuracies in %, as everywhere
@@ -59,6 +60,8 @@ FLAG_HELP = {
                              "(gradient masking?)",
     "zero_gradients": "many examples have a zero or non-finite input gradient (gradient masking?)",
     "autoattack_check": "one of AutoAttack's own sanity checks fired",
+    TEACHER_TRANSFER: "PGD-20 examples crafted on the teacher break the student more than its own white-box "
+                      "PGD-20 (the student inherits its teacher's adversarial directions)",
     MIXED_PROTOCOLS: "the table mixes training-attack protocols (column protocol): rows differ in the BatchNorm "
                      "mode their training examples were crafted in, not only in method",
 }
@@ -143,6 +146,31 @@ def _accuracies(record: RunRecord, attacks: list[str]) -> tuple[dict, list[str]]
     return row, cascade
 
 
+def teacher_transfer_flag(record: RunRecord) -> tuple[str, str] | None:
+    """``!teacher_transfer``: the accuracy under PGD-20 crafted on the run's teacher (an attack named
+    ``transfer-teacher``, or ``transfer`` with source ``teacher``) falls below the run's white-box PGD-20
+    (``pgd20``, or ``pgd`` with 20 steps, one restart, CE) by more than sampling noise (2 examples or
+    0.5 %, the evaluator's margin). Read from the record's attack configurations, never from labels."""
+    configs, accuracies = record.attacks or {}, record.robust_accuracy or {}
+
+    def labels(test) -> list[str]:
+        return [label for label, config in configs.items() if test(config) and accuracies.get(label) is not None]
+
+    transfer = labels(lambda c: c.get("name") == "transfer-teacher"
+                      or (c.get("name") == "transfer" and c.get("source") == "teacher"))
+    white_box = labels(lambda c: c.get("name") == "pgd20" or (c.get("name") == "pgd" and c.get("steps") == 20 and
+                                                              c.get("restarts", 1) == 1 and c.get("loss", "ce") == "ce"))
+    if not transfer or not white_box or not record.n_examples:
+        return None
+    margin = max(2.0 / record.n_examples, 0.005)
+    t_label = min(transfer, key=lambda label: accuracies[label])
+    w_label = max(white_box, key=lambda label: accuracies[label])
+    if accuracies[t_label] < accuracies[w_label] - margin:
+        return (TEACHER_TRANSFER, f"{t_label} {accuracies[t_label]:.2%} < white-box {w_label} "
+                                  f"{accuracies[w_label]:.2%}")
+    return None
+
+
 def attack_mode_label(mode) -> str:
     """How tables show the mode a run crafted its training examples in (metrics.json ``attack_mode``)."""
     return {None: "-", "free": "n/a (free)"}.get(mode, str(mode))
@@ -190,6 +218,9 @@ def run_row(record: RunRecord, config: dict | None, source: Path, attacks: list[
     row["cascade"] = " ".join(cascade)
     row["run_id"] = record.run_id
     row["_flags"] = [(flag.code, flag.detail) for flag in record.flags or []]
+    transfer = teacher_transfer_flag(record)
+    if transfer is not None:
+        row["_flags"].append(transfer)
     if identity:
         row["_group"] = digest({k: v for k, v in identity.items() if k != "seed"})
         row["_student_key"] = digest({k: identity.get(k) for k in ("dataset", "threat", "student")})
