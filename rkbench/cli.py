@@ -144,9 +144,11 @@ def validate(suite_file, overrides):
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
               help="Level of the Holm-corrected verdicts.")
 @click.option("--per-class", is_flag=True, help="The per-class worst-case accuracy of every row (robust fairness).")
+@click.option("--per-corruption", is_flag=True, help="Each common corruption's accuracy (mean over severities) of "
+              "every row evaluated on corruptions (evaluation.corruptions).")
 @one_line_errors
 def report(results_dirs, fmt, out, sort, where, pivot_by, value, per_seed, against_paper, tolerance, baseline, metric,
-           alpha, per_class):
+           alpha, per_class, per_corruption):
     """Leaderboard of one or several results directories, from their files alone (runs found in
     several directories count once)."""
     from .report import report as build_report
@@ -154,7 +156,7 @@ def report(results_dirs, fmt, out, sort, where, pivot_by, value, per_seed, again
     text, written, results = build_report(results_dirs, fmt, per_seed=per_seed, where=where, sort=sort,
                                           pivot_by=pivot_by, value=value, out=out, against_paper=against_paper,
                                           tolerance=tolerance, baseline=baseline, metric=metric, alpha=alpha,
-                                          per_class=per_class)
+                                          per_class=per_class, per_corruption=per_corruption)
     _write_report(text, written, results, out)
 
 

@@ -6,7 +6,8 @@ The schema has a version of its own, ``record_version``:
 
 - 1: files written before the record had a version (the same fields, no ``record_version`` key);
   they read as they are;
-- 2: this schema.
+- 2: the run record as a typed schema;
+- 3: ``corruptions`` (common corruptions, rkbench/corruptions.py).
 
 A file with a newer version than this rkbench knows, a field of the wrong type or a field the
 schema does not have is not read as a result: one line says which. Nothing here imports torch
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from . import store
 from .errors import RkbenchError
 
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 
 Accuracy = Annotated[float, Field(ge=0, le=1)]
 Seconds = Annotated[float, Field(ge=0)]
@@ -37,6 +38,20 @@ class Flag(BaseModel):
 
     code: str = Field(min_length=1)
     detail: str = ""
+
+
+class CorruptionRecord(BaseModel):
+    """The common-corruption evaluation of a model (rkbench/corruptions.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1)  # the corrupted set's hash: the record is current for this set only
+    source: Literal["files", "generated"]
+    n_examples: int = Field(ge=1)
+    severities: list[int]
+    accuracy: dict[str, list[Accuracy]]  # corruption -> accuracy at each severity
+    mean: Accuracy  # over every corruption and severity
+    skipped: dict[str, str] = Field(default_factory=dict)  # corruption -> why it could not be made
 
 
 class RunRecord(BaseModel):
@@ -82,6 +97,7 @@ class RunRecord(BaseModel):
     flags: list[Flag] | None = None
     threat: dict[str, Any] | None = None
     diagnostics: dict[str, float | int] | None = None  # evaluation.diagnostics (rkbench/diagnostics.py)
+    corruptions: CorruptionRecord | None = None  # evaluation.corruptions (rkbench/corruptions.py)
 
     @model_validator(mode="after")
     def _complete(self):

@@ -88,7 +88,8 @@ class SuiteRunner:
         self._data: TensorDataset | None = None
         # the reporter is looked up at each call: the CLI plugs its own in after planning
         self.evaluation = SuiteEvaluation(suite, lambda: self.data, self.device,
-                                          lambda title: self.reporter.attack_callback(title))
+                                          lambda title: self.reporter.attack_callback(title),
+                                          cache_dir=self.results_dir, message=lambda text: self.reporter.message(text))
         self.teachers = TeacherCache(suite, self.results_dir, lambda: self.data, self.device, self.evaluation,
                                      lambda text: self.reporter.message(text),
                                      lambda title: self.reporter.epoch_callback(title))

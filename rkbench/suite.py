@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .attacks import ATTACKS
+from .corruptions import CORRUPTIONS, SEVERITIES
 from .data import DATASETS
 from .errors import ConfigError, RkbenchError
 from .methods import METHODS
@@ -109,6 +110,36 @@ class AttackSpec(Strict):
     options: dict = Field(default_factory=dict)
 
 
+class CorruptionConfig(Strict):
+    """Common corruptions (rkbench/corruptions.py): accuracy on each corruption at each severity."""
+
+    names: list[str] = Field(default_factory=lambda: list(CORRUPTIONS), description="the corruptions (default: the 15 of CIFAR-10-C)")
+    severities: list[int] = Field(default_factory=lambda: list(SEVERITIES), description="severities, 1 to 5")
+    n_examples: int | None = Field(None, ge=1, description="first N test examples (default: the evaluation's)")
+    files: Literal["cifar10", "cifar100"] | None = Field(
+        None, description="read <data_dir>/CIFAR-10-C (or CIFAR-100-C) in RobustBench's layout when present")
+    data_dir: str = Field("data", description="where the real CIFAR-10-C / CIFAR-100-C directories are looked for")
+
+    @field_validator("names")
+    @classmethod
+    def _known(cls, value):
+        for name in value:
+            if name not in CORRUPTIONS:
+                close = difflib.get_close_matches(name, CORRUPTIONS, n=1, cutoff=0.5)
+                raise ValueError(f"unknown corruption {name!r}" + (f"; did you mean {close[0]!r}?" if close else
+                                                                 f"; known: {', '.join(CORRUPTIONS)}"))
+        if not value:
+            raise ValueError("name at least one corruption")
+        return value
+
+    @field_validator("severities")
+    @classmethod
+    def _range(cls, value):
+        if not value or any(s not in SEVERITIES for s in value) or len(set(value)) != len(value):
+            raise ValueError("severities are distinct integers from 1 to 5")
+        return sorted(value)
+
+
 class EvaluationConfig(Strict):
     attacks: list[AttackSpec] = Field(default_factory=lambda: [AttackSpec(name="pgd20", label="pgd20")])
     n_examples: int | None = Field(None, ge=1, description="first N test examples (default: all)")
@@ -117,6 +148,15 @@ class EvaluationConfig(Strict):
                                             "columns not marked exact are reported as 'cascade'")
     diagnostics: bool = Field(False, description="transfer diagnostics of runs with a teacher (rkbench/diagnostics.py)")
     diagnostics_examples: int = Field(200, ge=1, description="first N test examples the diagnostics use")
+    corruptions: CorruptionConfig | None = Field(None, description="common corruptions beside the attacks "
+                                                                   "(rkbench/corruptions.py); true: all 15 x 5")
+
+    @field_validator("corruptions", mode="before")
+    @classmethod
+    def _corruptions_shorthand(cls, value):
+        if value is True:
+            return {}
+        return None if value is False else value
 
     @field_validator("attacks", mode="before")
     @classmethod

@@ -52,11 +52,15 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
 
 class SuiteEvaluation:
     def __init__(self, suite: Suite, data: Callable[[], TensorDataset], device: torch.device,
-                 on_attack: Callable[[str], Callable | None] = lambda title: None):
+                 on_attack: Callable[[str], Callable | None] = lambda title: None, cache_dir: Path | None = None,
+                 message: Callable[[str], None] = lambda text: None):
         self.suite = suite
         self._data = data  # the suite's dataset, loaded on first use
         self.device = device
         self.on_attack = on_attack  # title -> the reporter's attack progress callback
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None  # the corrupted set is cached here
+        self.message = message
+        self._corrupted = None
 
     def count(self) -> int:
         """How many test examples the evaluation uses (without copying them anywhere)."""
@@ -93,9 +97,61 @@ class SuiteEvaluation:
         return {a.label for a in self.specs(sources) if a.exact or not evaluation.cascade}
 
     def current(self, record: RunRecord | None, sources: Sources = no_sources) -> bool:
-        """Whether ``record`` already holds this suite's evaluation (same attacks, threat, examples)."""
-        return record is not None and record.evaluated_with(self.count(), self.threat(), self.attack_configs(sources),
-                                                            self.exact_labels(sources))
+        """Whether ``record`` already holds this suite's evaluation (same attacks, threat, examples,
+        and corrupted set)."""
+        return (record is not None and record.evaluated_with(self.count(), self.threat(), self.attack_configs(sources),
+                                                             self.exact_labels(sources))
+                and self.corruptions_current(record))
+
+    # -- common corruptions (rkbench/corruptions.py) ----------------------------------------------
+    def corruption_examples(self) -> tuple[np.ndarray, np.ndarray]:
+        config, data = self.suite.evaluation.corruptions, self._data()
+        n = config.n_examples or self.count()
+        return data.x_test[:n].cpu().numpy(), data.y_test[:n].cpu().numpy()
+
+    def corruption_config(self) -> dict:
+        return self.suite.evaluation.corruptions.model_dump(mode="json")
+
+    def corruptions_current(self, record: RunRecord) -> bool:
+        if self.suite.evaluation.corruptions is None:
+            return True
+        from .corruptions import key_of
+
+        return record.corruptions is not None and record.corruptions.key == key_of(self.corruption_config(),
+                                                                                 *self.corruption_examples())[0]
+
+    def corrupted(self):
+        """The suite's corrupted test set (cached on disk, and in memory for this process)."""
+        if self._corrupted is None:
+            from .corruptions import corrupted_set
+
+            if self.cache_dir is None:
+                raise RuntimeError("the corruption evaluation needs a cache directory")
+            x, y = self.corruption_examples()
+            self._corrupted = corrupted_set(self.corruption_config(), x, y, self.cache_dir, self.message)
+        return self._corrupted
+
+    def corruption_record(self, model: torch.nn.Module, previous: RunRecord | None) -> dict | None:
+        """The record's ``corruptions``: reused from ``previous`` when it holds the same set."""
+        if self.suite.evaluation.corruptions is None:
+            return None
+        if previous is not None and self.corruptions_current(previous):
+            return previous.corruptions.model_dump(mode="json")
+        from .corruptions import accuracies
+        from .evaluator import predict
+
+        corrupted, batch_size = self.corrupted(), self.suite.evaluation.batch_size
+        model = model.to(self.device).eval()
+
+        def classes(images: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(images).to(self.device, torch.float32) / 255.0
+            return predict(model, x, batch_size).cpu().numpy()
+
+        accuracy = accuracies(classes, corrupted)
+        values = [a for per_severity in accuracy.values() for a in per_severity]
+        return {"key": corrupted.key, "source": corrupted.source, "n_examples": int(corrupted.labels.shape[0]),
+                "severities": list(self.suite.evaluation.corruptions.severities), "accuracy": accuracy,
+                "mean": float(np.mean(values)), "skipped": dict(corrupted.skipped)}
 
     def run(self, model: torch.nn.Module, directory: Path, title: str, seed: int,
             sources: Sources = no_sources) -> EvalResult:
@@ -117,6 +173,7 @@ class SuiteEvaluation:
                           exact=[a.label for a in self.specs(sources) if a.exact], cascade=evaluation.cascade,
                           on_attack=self.on_attack(title))
         save_per_example(directory / store.PER_EXAMPLE, result)
+        result.corruptions = self.corruption_record(model, record)
         return result
 
     def crafted(self, attack, config: dict, source: Source, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -152,4 +209,4 @@ class SuiteEvaluation:
                 "worst_case_accuracy": float(worst.mean()),
                 "attack_seconds": {label: round(result.seconds.get(label, 0.0), 3) for label in labels},
                 "attacks": self.attack_configs(sources), "cascade": self.suite.evaluation.cascade,
-                "flags": result.flags, "threat": self.threat()}
+                "flags": result.flags, "threat": self.threat(), "corruptions": result.corruptions}

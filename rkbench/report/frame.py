@@ -211,6 +211,7 @@ def run_row(record: RunRecord, config: dict | None, source: Path, attacks: list[
             if key not in diagnostics:
                 diagnostics.append(key)
             row[key] = scale * float(value)
+    row.update(corruption_columns(record, diagnostics))
     row.update({"train_s": _number(record.train_seconds), "params": _number(record.parameters),
                 "madds": _number(record.madds)})
     failed = not record.finished
@@ -236,6 +237,21 @@ def run_row(record: RunRecord, config: dict | None, source: Path, attacks: list[
     return row
 
 
+CORRUPTIONS = "corruptions"  # the column: mean accuracy over every corruption and severity (%)
+
+
+def corruption_columns(record: RunRecord, columns: list[str] | None = None) -> dict:
+    """``corruptions`` (the mean corruption accuracy, %) and ``_corruptions`` (corruption -> its
+    accuracy averaged over severities, %) of a record evaluated on common corruptions."""
+    if record.corruptions is None:
+        return {}
+    if columns is not None and CORRUPTIONS not in columns:
+        columns.append(CORRUPTIONS)
+    return {CORRUPTIONS: 100.0 * record.corruptions.mean,
+            "_corruptions": {name: 100.0 * float(np.mean(values))
+                             for name, values in record.corruptions.accuracy.items()}}
+
+
 def teacher_row(record: RunRecord, config: dict | None, source: Path, attacks: list[str]) -> dict:
     """A teacher's row of the teachers frame."""
     identity = (config or {}).get("identity")
@@ -243,6 +259,7 @@ def teacher_row(record: RunRecord, config: dict | None, source: Path, attacks: l
            "attack_mode": attack_mode_label(record.attack_mode)}  # "-": not trained in the suite
     accuracies, cascade = _accuracies(record, attacks)
     row.update(accuracies)
+    row.update({k: v for k, v in corruption_columns(record).items() if not k.startswith("_")})
     row.update({"params": _number(record.parameters), "madds": _number(record.madds),
                 "flags": flag_markers([[(flag.code, "") for flag in record.flags or []]]),
                 "cascade": " ".join(cascade), "teacher_id": record.run_id,
@@ -366,7 +383,7 @@ def _columns(results: Results, view: str) -> list[str]:
 
 
 INTERNAL = ["_group", "_student_key", "_teacher_key", "_method_name", "_finished", "_source", "_flags",
-            "_at_worst_case", "_n", "_class_counts"]
+            "_at_worst_case", "_n", "_class_counts", "_corruptions"]
 
 
 def flag_markers(flag_lists: list[list[tuple[str, str]]]) -> str:
@@ -420,6 +437,7 @@ def aggregate_frame(results: Results) -> pd.DataFrame:
             row[f"{metric}_lo"], row[f"{metric}_hi"] = 100.0 * lo, 100.0 * hi
         row["_n"] = group["_n"].astype(float).sum()
         row["_class_counts"] = pooled_class_counts(group["_class_counts"])
+        row["_corruptions"] = mean_corruptions(group["_corruptions"]) if "_corruptions" in group else None
         row["train_s"] = group["train_s"].astype(float).mean()
         row["transfer_ratio"] = group["transfer_ratio"].astype(float).mean()
         row["delta_at"] = row["worst_case"] - first["_at_worst_case"]
@@ -433,6 +451,14 @@ def aggregate_frame(results: Results) -> pd.DataFrame:
     out = _mark_mixed_protocols(pd.DataFrame(rows))
     out = out.sort_values(["student", "teacher", "method"], kind="stable")
     return out.reindex(columns=columns + INTERNAL).reset_index(drop=True)
+
+
+def mean_corruptions(per_run) -> dict | None:
+    """corruption -> mean over runs (%); None unless every run has corruption accuracies."""
+    runs = [r for r in per_run if isinstance(r, dict)]
+    if not runs or len(runs) != len(per_run):
+        return None
+    return {name: float(np.mean([r[name] for r in runs if name in r])) for name in runs[0]}
 
 
 def pooled_class_counts(per_run) -> dict | None:
