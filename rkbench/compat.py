@@ -89,6 +89,9 @@ def import_imagecorruptions() -> ModuleType:
     ``multichannel`` to ``skimage.filters.gaussian`` (removed in scikit-image 0.21; now ``channel_axis``)."""
     import numpy
 
+    if not _importable("imagecorruptions"):
+        raise RkbenchError("generating common corruptions needs imagecorruptions: pip install 'rkbench[corruptions]'")
+    require_pkg_resources()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its pkg_resources import warns on every import
         package = importlib.import_module("imagecorruptions")
