@@ -296,6 +296,8 @@ def collect(paths) -> Results:
                     record, read_json_or_none(teacher_directory / CONFIG), directory, teacher_attacks)
     teacher_frame = pd.DataFrame(list(teachers.values()))
     frame = pd.DataFrame(list(runs.values()))
+    if not frame.empty and "_corruptions" not in frame.columns:  # no run evaluated on common corruptions
+        frame["_corruptions"] = None
     suites = list(dict.fromkeys(frame["suite"])) if not frame.empty else []
     results = Results(frame, teacher_frame, attacks, diagnostics, sorted(set(duplicates)), [str(d) for d in dirs],
                       suites)
@@ -437,7 +439,7 @@ def aggregate_frame(results: Results) -> pd.DataFrame:
             row[f"{metric}_lo"], row[f"{metric}_hi"] = 100.0 * lo, 100.0 * hi
         row["_n"] = group["_n"].astype(float).sum()
         row["_class_counts"] = pooled_class_counts(group["_class_counts"])
-        row["_corruptions"] = mean_corruptions(group["_corruptions"]) if "_corruptions" in group else None
+        row["_corruptions"] = mean_corruptions(list(group["_corruptions"]))
         row["train_s"] = group["train_s"].astype(float).mean()
         row["transfer_ratio"] = group["transfer_ratio"].astype(float).mean()
         row["delta_at"] = row["worst_case"] - first["_at_worst_case"]
