@@ -145,6 +145,9 @@ def evaluate(model: nn.Module | str, dataset: str | TensorDataset = "digits", at
     for spec in evaluation.attacks:
         _check_attack(spec)
         cls = ATTACKS.get(spec.name)
+        if cls.needs_source_model:
+            raise ConfigError(f"--attacks: {spec.label} crafts its examples on a source model (a teacher or "
+                              f"another run): name it in a suite's evaluation.attacks, not in rkbench eval")
         spec.options = validate_options(cls.Params, {**cls.defaults, **spec.options},
                                         f"attack {spec.label}").model_dump(mode="json")
         configs[spec.label] = {"name": spec.name, **spec.options}

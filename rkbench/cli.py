@@ -206,9 +206,11 @@ def validate(suite_file, overrides):
 @click.option("--resamples", type=click.IntRange(100, 1_000_000), default=2000, show_default=True,
               help="Bootstrap draws of the method-level statistics (rows of 2 or more seeds a side).")
 @click.option("--per-class", is_flag=True, help="The per-class worst-case accuracy of every row (robust fairness).")
+@click.option("--per-corruption", is_flag=True, help="Each common corruption's accuracy (mean over severities) of "
+              "every row evaluated on corruptions (evaluation.corruptions).")
 @one_line_errors
 def report(results_dirs, fmt, out, sort, where, pivot_by, value, per_seed, against_paper, tolerance, baseline, metric,
-           alpha, resamples, per_class):
+           alpha, resamples, per_class, per_corruption):
     """Leaderboard of one or several results directories, from their files alone (runs found in
     several directories count once)."""
     from .report import report as build_report
@@ -216,7 +218,7 @@ def report(results_dirs, fmt, out, sort, where, pivot_by, value, per_seed, again
     text, written, results = build_report(results_dirs, fmt, per_seed=per_seed, where=where, sort=sort,
                                           pivot_by=pivot_by, value=value, out=out, against_paper=against_paper,
                                           tolerance=tolerance, baseline=baseline, metric=metric, alpha=alpha,
-                                          per_class=per_class, resamples=resamples)
+                                          per_class=per_class, resamples=resamples, per_corruption=per_corruption)
     _write_report(text, written, results, out)
 
 

@@ -81,3 +81,38 @@ def import_robustbench() -> ModuleType:
     except ImportError as exc:
         raise RkbenchError(f"robustbench could not be imported: {exc}".splitlines()[0]) from exc
     return module
+
+
+def import_imagecorruptions() -> ModuleType:
+    """``imagecorruptions`` (1.1.2, the last release) with two shims for today's stack, applied to its
+    module only: ``fog`` uses ``np.float_`` (removed in NumPy 2) and ``glass_blur`` passes
+    ``multichannel`` to ``skimage.filters.gaussian`` (removed in scikit-image 0.21; now ``channel_axis``)."""
+    import numpy
+
+    if not _importable("imagecorruptions"):
+        raise RkbenchError("generating common corruptions needs imagecorruptions: pip install 'rkbench[corruptions]'")
+    require_pkg_resources()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its pkg_resources import warns on every import
+        package = importlib.import_module("imagecorruptions")
+        corruptions = importlib.import_module("imagecorruptions.corruptions")
+    if getattr(corruptions, "_rkbench_shimmed", False):
+        return package
+
+    class NumpyWithFloat(ModuleType):
+        float_ = numpy.float64
+
+        def __getattr__(self, name):
+            return getattr(numpy, name)
+
+    original = corruptions.gaussian
+
+    def gaussian(image, sigma=1, multichannel=None, **options):
+        if multichannel is not None:
+            options["channel_axis"] = -1 if multichannel else None
+        return original(image, sigma=sigma, **options)
+
+    corruptions.np = NumpyWithFloat("numpy")
+    corruptions.gaussian = gaussian
+    corruptions._rkbench_shimmed = True
+    return package

@@ -39,6 +39,7 @@ class EvalResult:
     seconds: dict[str, float] = field(default_factory=dict)
     flags: list[dict] = field(default_factory=list)
     labels: np.ndarray | None = None  # int [n]: the true classes
+    corruptions: dict | None = None  # a suite's common-corruption accuracies (suite_evaluation.py), not per example
 
     def is_exact(self, label: str) -> bool:
         return label == CLEAN or bool(self.evaluated.get(label, np.zeros(0, bool)).all())

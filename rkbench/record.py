@@ -7,8 +7,10 @@ The schema has a version of its own, ``record_version``:
 - 1: files written before the record had a version (the same fields, no ``record_version`` key);
   they read as they are;
 - 2: ``record_version`` written;
-- 3: this schema: ``losses`` (the mean total loss per epoch) added; files of version 1 and 2 read as
-  they are.
+- 3: this schema: ``losses`` (the mean total loss per epoch), ``corruptions`` (common corruptions,
+  rkbench/corruptions.py) and the checkpoint-selection fields (``epoch``, ``selected_on``,
+  ``selection``, ``validation_curve``, ``tuning``) added, all optional; files of version 1 and 2
+  read as they are.
 
 A file with a newer version than this rkbench knows, a field of the wrong type or a field the
 schema does not have is not read as a result: one line says which. Nothing here imports torch
@@ -39,6 +41,20 @@ class Flag(BaseModel):
 
     code: str = Field(min_length=1)
     detail: str = ""
+
+
+class CorruptionRecord(BaseModel):
+    """The common-corruption evaluation of a model (rkbench/corruptions.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1)  # the corrupted set's hash: the record is current for this set only
+    source: Literal["files", "generated"]
+    n_examples: int = Field(ge=1)
+    severities: list[int]
+    accuracy: dict[str, list[Accuracy]]  # corruption -> accuracy at each severity
+    mean: Accuracy  # over every corruption and severity
+    skipped: dict[str, str] = Field(default_factory=dict)  # corruption -> why it could not be made
 
 
 class RunRecord(BaseModel):
@@ -93,6 +109,7 @@ class RunRecord(BaseModel):
     flags: list[Flag] | None = None
     threat: dict[str, Any] | None = None
     diagnostics: dict[str, float | int] | None = None  # evaluation.diagnostics (rkbench/diagnostics.py)
+    corruptions: CorruptionRecord | None = None  # evaluation.corruptions (rkbench/corruptions.py)
 
     @model_validator(mode="after")
     def _complete(self):

@@ -93,7 +93,8 @@ class SuiteRunner:
         self._data: TensorDataset | None = None
         # the reporter is looked up at each call: the CLI plugs its own in after planning
         self.evaluation = SuiteEvaluation(suite, lambda: self.data, self.device,
-                                          lambda title: self.reporter.attack_callback(title))
+                                          lambda title: self.reporter.attack_callback(title),
+                                          cache_dir=self.results_dir, message=lambda text: self.reporter.message(text))
         self.teachers = TeacherCache(suite, self.results_dir, lambda: self.data, self.device, self.evaluation,
                                      lambda text: self.reporter.message(text),
                                      lambda title: self.reporter.epoch_callback(title))
@@ -124,7 +125,7 @@ class SuiteRunner:
         if record is not None:
             if record.status == "failed" and not self.retry_failed:
                 return RunOutcome(run, "failed", record.error)
-            if record.finished and (not self.tests or self.evaluation.current(record)) \
+            if record.finished and (not self.tests or self.evaluation.current(record, self.teachers.sources(run.teacher))) \
                     and self.diagnostics_current(run, record):
                 return RunOutcome(run, "cached")
         return None
@@ -308,12 +309,13 @@ class SuiteRunner:
             (directory / store.CHECKPOINT).unlink(missing_ok=True)
             return RunOutcome(run, "finished")
         try:
-            result = self.evaluation.run(student, directory, pending.title, seed=run.seed)
+            sources = self.teachers.sources(run.teacher)
+            result = self.evaluation.run(student, directory, pending.title, seed=run.seed, sources=sources)
             record = RunRecord(
                 **self._described(run), status="finished", train_seconds=pending.train_seconds,
                 loss_terms=pending.loss_terms or None, losses=pending.losses or None, **pending.selection,
                 parameters=count_parameters(student), madds=try_count_madds(student, self.data.input_shape),
-                diagnostics=self.diagnostics(run, student), **self.evaluation.record_fields(result))
+                diagnostics=self.diagnostics(run, student), **self.evaluation.record_fields(result, sources))
             write_record(directory, record)
             self._log_record(pending, record)
             # kept until now: killed while evaluating, the run resumes at its last epoch, not from scratch

@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .attacks import ATTACKS
+from .corruptions import CORRUPTIONS, SEVERITIES
 from .data import DATASETS
 from .errors import ConfigError, RkbenchError
 from .methods import METHODS
@@ -143,6 +145,36 @@ class AttackSpec(Strict):
                                                             "(docs/parameters.md#attacks)")
 
 
+class CorruptionConfig(Strict):
+    """Common corruptions (rkbench/corruptions.py): accuracy on each corruption at each severity."""
+
+    names: list[str] = Field(default_factory=lambda: list(CORRUPTIONS), description="the corruptions (default: the 15 of CIFAR-10-C)")
+    severities: list[int] = Field(default_factory=lambda: list(SEVERITIES), description="severities, 1 to 5")
+    n_examples: int | None = Field(None, ge=1, description="first N test examples (default: the evaluation's)")
+    files: Literal["cifar10", "cifar100"] | None = Field(
+        None, description="read <data_dir>/CIFAR-10-C (or CIFAR-100-C) in RobustBench's layout when present")
+    data_dir: str = Field("data", description="where the real CIFAR-10-C / CIFAR-100-C directories are looked for")
+
+    @field_validator("names")
+    @classmethod
+    def _known(cls, value):
+        for name in value:
+            if name not in CORRUPTIONS:
+                close = difflib.get_close_matches(name, CORRUPTIONS, n=1, cutoff=0.5)
+                raise ValueError(f"unknown corruption {name!r}" + (f"; did you mean {close[0]!r}?" if close else
+                                                                 f"; known: {', '.join(CORRUPTIONS)}"))
+        if not value:
+            raise ValueError("name at least one corruption")
+        return value
+
+    @field_validator("severities")
+    @classmethod
+    def _range(cls, value):
+        if not value or any(s not in SEVERITIES for s in value) or len(set(value)) != len(value):
+            raise ValueError("severities are distinct integers from 1 to 5")
+        return sorted(value)
+
+
 class EvaluationConfig(Strict):
     split: Literal["test", "none"] = Field("test", description="test: runs are evaluated on the test split; none: not evaluated (tuning trials, scored on the validation split only)")
     attacks: list[AttackSpec] = Field(default_factory=lambda: [AttackSpec(name="pgd20", label="pgd20")],
@@ -153,6 +185,15 @@ class EvaluationConfig(Strict):
                                             "columns not marked exact are reported as 'cascade'")
     diagnostics: bool = Field(False, description="transfer diagnostics of runs with a teacher (rkbench/diagnostics.py)")
     diagnostics_examples: int = Field(200, ge=1, description="first N test examples the diagnostics use")
+    corruptions: CorruptionConfig | None = Field(None, description="common corruptions beside the attacks "
+                                                                   "(rkbench/corruptions.py); true: all 15 x 5")
+
+    @field_validator("corruptions", mode="before")
+    @classmethod
+    def _corruptions_shorthand(cls, value):
+        if value is True:
+            return {}
+        return None if value is False else value
 
     @field_validator("attacks", mode="before")
     @classmethod
@@ -688,6 +729,8 @@ def check_suite(suite: Suite, source: str) -> None:
                               f"of options (a broken plugin?)")
         params = validate_options(cls.Params, {**cls.defaults, **attack.options}, where)
         attack.options = {k: v for k, v in params.model_dump(mode="json").items()}
+        if cls.needs_source_model:
+            _check_source(suite, attack.options.get("source"), f"{where}.source")
     _unique([a.label for a in suite.evaluation.attacks], f"{source}: evaluation.attacks", "attack label")
 
 
@@ -745,6 +788,17 @@ def check_tuning(suite: Suite, source: str) -> None:
         if tuning.sampler == "grid" and size < tuning.budget:
             raise ConfigError(f"{where}: the grid has {size} configuration(s), fewer than tuning.budget "
                               f"{tuning.budget}; lower the budget or widen the search")
+
+
+def _check_source(suite: Suite, name: str | None, where: str) -> None:
+    """A transfer attack's source: "teacher", a single teacher of the suite, or a run id (12 hex digits)."""
+    names = [t.name for t in suite.teachers if t.group is None]
+    if name == "teacher" or name in names or re.fullmatch(r"[0-9a-f]{12}", str(name)):
+        return
+    close = difflib.get_close_matches(str(name), ["teacher", *names], n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"{where}: {name!r} is not 'teacher', a teacher of the suite ({', '.join(names) or 'none'}) "
+                      f"or a run id (12 hex digits){hint}")
 
 
 def check_references(suite: Suite, source: str) -> None:

@@ -16,14 +16,15 @@ import torch
 from . import store
 from .data import TensorDataset
 from .methods import build_method
-from .models import count_parameters
+from .errors import RkbenchError
+from .models import build_model, count_parameters
 from .models.complexity import try_count_madds
 from .record import RunRecord, current_record, write_record
-from .suite import RunSpec, Suite, TeacherPlan
-from .suite_evaluation import SuiteEvaluation
+from .suite import RunSpec, Suite, TeacherPlan, plan_teacher
+from .suite_evaluation import Source, Sources, SuiteEvaluation
 from .teachers import TEACHER_SOURCES, TeacherContext
 from .train import Trainer
-from .weights import model_config, save_model
+from .weights import fit_weights, load_state_dict, model_config, save_model
 
 
 class TeacherCache:
@@ -69,7 +70,7 @@ class TeacherCache:
         directory = self.directory(plan)
         if TEACHER_SOURCES.get(plan.spec.source).trains and store.weights_file(directory, store.TEACHER) is None:
             return False
-        return self.evaluation.current(current_record(directory))
+        return self.evaluation.current(current_record(directory), self.sources(plan))
 
     def needed(self, runs: list[RunSpec], plans: list[TeacherPlan]) -> list[TeacherPlan]:
         """The single teachers of ``plans`` that some run of ``runs`` distills from."""
@@ -100,15 +101,16 @@ class TeacherCache:
                 (directory / store.CHECKPOINT).unlink(missing_ok=True)
         model = model.to(self.device).eval()
         model.requires_grad_(False)
-        if not self.evaluation.current(record):
-            result = self.evaluation.run(model, directory, f"teacher {plan.spec.name}", seed=0)
+        sources = self.sources(plan, model)
+        if not self.evaluation.current(record, sources):
+            result = self.evaluation.run(model, directory, f"teacher {plan.spec.name}", seed=0, sources=sources)
             protocol = ({"protocol": self.suite.protocol.attack_mode, "attack_mode": plan.attack_mode}
                         if plan.training is not None else {})  # a teacher trained in the suite
             write_record(directory, RunRecord(
                 run_id=plan.teacher_id, status="finished", teacher=plan.spec.name, source=plan.spec.source,
                 model=source.model_label(params), **protocol, parameters=count_parameters(model),
                 train_seconds=train_seconds, madds=try_count_madds(model, data.input_shape),
-                **self.evaluation.record_fields(result)))
+                **self.evaluation.record_fields(result, sources)))
         self._loaded[plan.teacher_id] = model
         return model
 
@@ -119,6 +121,43 @@ class TeacherCache:
         config = model_config(model, architecture, options, data.num_classes, data.input_shape)
         save_model(model, directory / store.MODEL, config)
         store.write_json(directory / store.MODEL_CONFIG, config)
+
+    # -- the source models of transfer attacks (suite_evaluation.Source) ----------------------
+    def sources(self, teacher: TeacherPlan | None, itself: torch.nn.Module | None = None) -> Sources:
+        """What a transfer attack's ``source`` names for a model distilled from ``teacher`` (or, with
+        ``itself``, for the teacher ``teacher`` itself): "teacher" is that teacher (none for a
+        teacher-free run or a group of teachers), a teacher's name is that teacher of the suite, and
+        any other name is a run id of this results directory."""
+
+        def resolve(name: str) -> Source | None:
+            if name == "teacher":
+                if teacher is None or teacher.members is not None:
+                    return None
+                plan = teacher
+            else:
+                plan = next((plan_teacher(self.suite, spec) for spec in self.suite.teachers
+                             if spec.name == name and spec.group is None), None)
+            if plan is not None:
+                if itself is not None and plan.teacher_id == teacher.teacher_id:
+                    return Source(plan.teacher_id, self.directory(plan), lambda: itself)
+                return Source(plan.teacher_id, self.directory(plan), lambda: self.get(plan))
+            return Source(name, store.run_dir(self.results_dir, name), lambda: self._run_model(name))
+
+        return resolve
+
+    def _run_model(self, run_id: str) -> torch.nn.Module:
+        """Another run's student (a transfer source named by its run id), from its files."""
+        directory = store.run_dir(self.results_dir, run_id)
+        config = store.read_json_or_none(directory / store.CONFIG) or {}
+        student = (config.get("identity") or {}).get("student")
+        weights = store.weights_file(directory, store.STUDENT)
+        if not student or weights is None:
+            raise RkbenchError(f"transfer source {run_id!r}: no finished run with that id under "
+                               f"{self.results_dir / store.RUNS} (config.json and model.safetensors are needed)")
+        data = self._data()
+        model = build_model(student["model"], data.num_classes, data.input_shape, **student.get("options", {}))
+        fit_weights(model, load_state_dict(weights, strip_prefix=""), weights, f"transfer source {run_id}")
+        return model.to(self.device).eval().requires_grad_(False)
 
     def _trainer_for(self, plan: TeacherPlan) -> Callable:
         """``TeacherContext.train`` for a source that trains: the shared trainer with the plan's

@@ -138,6 +138,13 @@ def attack_data(digits):
     return digits.x_test[:24], digits.y_test[:24]
 
 
+def with_source(attack, source_model, x, y):
+    """An attack that declares ``needs_source_model`` gets its examples crafted on ``source_model``."""
+    if attack.needs_source_model:
+        attack.use(attack.craft(source_model, x, y, batch_size=64))
+    return attack
+
+
 @pytest.mark.parametrize("name", builtin_names(ATTACKS))
 def test_attack_declares_its_contract(name):
     cls = ATTACKS.get(name)
@@ -179,7 +186,7 @@ def test_attack_at_eps_zero_gives_clean_accuracy(name, attack_data):
     torch.manual_seed(0)
     model = build_model("mlp", 10, (1, 8, 8), hidden=8).eval()
     zero = ThreatModel.model_construct(**{**THREAT.model_dump(), "eps": 0.0})  # the validator wants eps > 0
-    result = evaluate(model, x, y, {name: build_attack(name, zero)}, cascade=False)
+    result = evaluate(model, x, y, {name: with_source(build_attack(name, zero), model, x, y)}, cascade=False)
     assert result.accuracy(name) == result.clean_accuracy and 0 < result.clean_accuracy
 
 
@@ -187,7 +194,7 @@ def test_attack_at_eps_zero_gives_clean_accuracy(name, attack_data):
 def test_attack_stays_in_the_ball_and_breaks_an_undefended_model(name, trained_cnn, attack_data):
     x, y = attack_data
     threat = ThreatModel(eps=0.3)
-    attack = build_attack(name, threat)
+    attack = with_source(build_attack(name, threat), trained_cnn, x, y)  # a transfer attack: from itself
     x_adv = attack(trained_cnn, x, y, example_ids=torch.arange(x.shape[0]))
     assert (perturbation_norm(x_adv - x, "linf") <= threat.eps + 1e-6).all()
     assert x_adv.min() >= 0 and x_adv.max() <= 1

@@ -16,7 +16,16 @@ from rkbench.threat import ThreatModel
 QUICK = {  # every registered attack, configured small enough for CPU tests
     "pgd": {"steps": 10}, "pgd20": {}, "pgd1000": {"steps": 50}, "pgd20-r10": {"restarts": 2}, "cw20": {},
     "mifgsm": {}, "deepfool": {"steps": 10}, "autoattack": {"version": "fast"}, "square": {"n_queries": 1000},
+    "transfer": {"steps": 10}, "transfer-teacher": {},  # crafted on the attacked model itself here (bound())
 }
+
+
+def bound(name, threat, model, x, y):
+    """The attack, with a transfer attack's examples crafted on ``model`` (its own white-box PGD)."""
+    attack = build_attack(name, threat, **QUICK[name])
+    if attack.needs_source_model:
+        attack.use(attack.craft(model, x, y, batch_size=64))
+    return attack
 
 
 def test_quick_configs_cover_every_attack():
@@ -27,7 +36,7 @@ def test_quick_configs_cover_every_attack():
 @pytest.mark.parametrize("name", sorted(QUICK))
 def test_every_attack_stays_within_the_threat_model(trained_cnn, digits, name, norm, eps):
     x, y = digits.x_test[:32], digits.y_test[:32]
-    x_adv = build_attack(name, ThreatModel(norm=norm, eps=eps), **QUICK[name])(trained_cnn, x, y)
+    x_adv = bound(name, ThreatModel(norm=norm, eps=eps), trained_cnn, x, y)(trained_cnn, x, y)
     assert perturbation_norm(x_adv - x, norm).max() <= eps + 1e-6
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     with torch.no_grad():
@@ -41,7 +50,7 @@ def test_at_eps_zero_robust_accuracy_is_clean_accuracy(trained_cnn, digits, name
     # eps 0 is refused in suites; built directly it must leave every input as it was
     threat = ThreatModel.model_construct(norm="linf", eps=0.0, step_size=0.0, steps=10)
     x, y = digits.x_test[:40], digits.y_test[:40]
-    x_adv = build_attack(name, threat, **QUICK[name])(trained_cnn, x, y)
+    x_adv = bound(name, threat, trained_cnn, x, y)(trained_cnn, x, y)
     with torch.no_grad():
         assert torch.equal(trained_cnn(x_adv).argmax(1), trained_cnn(x).argmax(1))
 

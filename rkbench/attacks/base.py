@@ -25,12 +25,15 @@ class Attack(ABC):
     """What the evaluator needs from an attack, declared by the attack itself: ``run``; ``cost`` (from its
     own parameters: the cascade runs cheap attacks first); ``dominates`` (which attacks it should never
     score above: the ``stronger_attack_weaker`` flag); ``black_box`` (the gradient-masking check);
-    ``warnings`` (its own integrity warnings, e.g. pyautoattack's checks, turned into flags)."""
+    ``warnings`` (its own integrity warnings, e.g. pyautoattack's checks, turned into flags);
+    ``needs_source_model`` (it attacks with examples crafted on another model, named by ``source``:
+    the evaluation crafts them once with ``craft``, caches them and binds them with ``use``)."""
 
     Params: type[AttackParams] = AttackParams
     defaults: dict[str, Any] = {}  # presets (pgd20, pgd1000, ...) are subclasses that only change these
     cost_per_example = 1  # the default ``cost``: rough gradient evaluations per example
     black_box = False  # queries the model's outputs only (no gradients)
+    needs_source_model = False  # crafts on a source model (``source``); see ``craft`` and ``use``
 
     def __init__(self, threat: ThreatModel, **options: Any):
         self.threat = threat
@@ -46,6 +49,19 @@ class Attack(ABC):
     def dominates(self, other: "Attack") -> bool:
         """Whether this attack should never score higher than ``other`` (up to noise)."""
         return False
+
+    @property
+    def source(self) -> str | None:
+        """The model this attack crafts on (``needs_source_model``): "teacher", a teacher's name, a run id."""
+        return None
+
+    def craft(self, source_model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Adversarial examples for every example of the evaluation set, crafted on ``source_model``."""
+        raise NotImplementedError(f"{type(self).__name__} crafts on no source model")
+
+    def use(self, crafted: torch.Tensor) -> None:
+        """Bind what ``craft`` made (possibly read back from a cache) before ``run``."""
+        raise NotImplementedError(f"{type(self).__name__} crafts on no source model")
 
     @abstractmethod
     def run(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

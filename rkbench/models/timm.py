@@ -1,7 +1,10 @@
 """Any timm architecture as an rkbench model: ``{model: timm, arch: resnet18}``.
 
-Created with ``pretrained=False`` (timm never downloads here); ``checkpoint`` names a local state
-dict to start from (timm's own keys or a saved rkbench ``timm`` model), loaded with
+Created with ``pretrained=False`` unless ``pretrained: true``: then timm loads its pretrained weights
+(adapted by timm to the classes, channels and image size: a ViT's patch and position embeddings are
+resampled), from its cache or, on a machine with network access, downloaded by timm. Offline and not
+in timm's cache, that is one line naming the architecture (exit 2), never a traceback. ``checkpoint``
+names a local state dict to start from (timm's own keys or a saved rkbench ``timm`` model), loaded with
 ``weights_only=True``. The file's sha256 is added to the options (``checkpoint_sha256``) when the
 suite is checked, so it is part of the run id and a changed file is a different run.
 
@@ -75,7 +78,12 @@ def check_options(options: dict) -> dict:
     """Called when the suite is checked: a known ``arch``; a ``checkpoint`` that exists, whose
     sha256 joins the options (and so the run id)."""
     options = dict(options)
-    check_arch(str(options.get("arch", "resnet18")))
+    arch = check_arch(str(options.get("arch", "resnet18")))
+    if options.get("pretrained"):  # fetched now (into timm's cache), or one line before anything trains
+        try:
+            create(arch, 10, 3, 224, {}, pretrained=True)
+        except DataUnavailableError as exc:
+            raise ConfigError(f"pretrained: {exc}") from None
     if options.get("checkpoint"):
         path = Path(options["checkpoint"]).expanduser()
         if not path.is_file():
@@ -88,32 +96,44 @@ def check_options(options: dict) -> dict:
     return options
 
 
-def create(arch: str, num_classes: int, in_channels: int, image_size: int, model_args: dict) -> nn.Module:
+def create(arch: str, num_classes: int, in_channels: int, image_size: int, model_args: dict,
+           pretrained: bool = False) -> nn.Module:
     import timm
 
     kwargs = {"num_classes": num_classes, "in_chans": in_channels, **model_args}
-    try:  # transformers need the input size; convnets refuse the argument
-        return timm.create_model(arch, pretrained=False, **{"img_size": image_size, **kwargs})
-    except TypeError as exc:
-        if "img_size" not in str(exc) or "img_size" in model_args:
+    try:
+        try:  # transformers need the input size; convnets refuse the argument
+            return timm.create_model(arch, pretrained=pretrained, **{"img_size": image_size, **kwargs})
+        except TypeError as exc:
+            if "img_size" not in str(exc) or "img_size" in model_args:
+                raise
+        return timm.create_model(arch, pretrained=pretrained, **kwargs)
+    except Exception as exc:  # noqa: BLE001 (huggingface_hub's and torch.hub's errors vary by version)
+        if not pretrained or isinstance(exc, TypeError):
             raise
-    return timm.create_model(arch, pretrained=False, **kwargs)
+        # huggingface_hub's LocalEntryNotFoundError / connection errors, torch.hub's URLError (OSError)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataUnavailableError(f"timm pretrained weights for {arch!r} are not in timm's cache and could not be "
+                                   f"downloaded ({type(exc).__name__}: {reason[:160]}); run once with network "
+                                   f"access, or set pretrained: false / checkpoint: FILE") from None
 
 
-@MODELS.register("timm", description="any timm architecture (arch, model_args, checkpoint, normalize); "
-                 "never downloads weights", source="timm",
+@MODELS.register("timm", description="any timm architecture (arch, model_args, checkpoint, normalize, pretrained); "
+                 "downloads only with pretrained: true", source="timm",
                  options={"arch": "a timm architecture name, e.g. resnet18",
                           "model_args": "keyword arguments of timm.create_model",
                           "checkpoint": "a local state dict to start from (read with weights_only=True)",
                           "checkpoint_sha256": "set by rkbench when the suite is checked: the checkpoint's sha256 "
                                                "(part of the run id)",
                           "normalize": "standardize pixels with the architecture's pretrained mean/std inside "
-                                       "the model"})
+                                       "the model",
+                          "pretrained": "start from timm's pretrained weights (downloaded by timm; offline and not "
+                                        "in timm's cache: one line, exit 2)"})
 def timm_model(num_classes: int, in_channels: int, image_size: int, arch: str = "resnet18",
                model_args: dict | None = None, checkpoint: str | None = None, checkpoint_sha256: str | None = None,
-               normalize: bool = False) -> TimmClassifier:
+               normalize: bool = False, pretrained: bool = False) -> TimmClassifier:
     # the options (arch, checkpoint file and its hash) were checked by build_model's check_model_options
-    model = create(arch, num_classes, in_channels, image_size, dict(model_args or {}))
+    model = create(arch, num_classes, in_channels, image_size, dict(model_args or {}), pretrained=pretrained)
     mean = std = None
     if normalize:
         cfg = getattr(model, "pretrained_cfg", None) or {}

@@ -57,6 +57,7 @@ ID_COLUMNS = ["teacher", "student", "method"]
 PROTOCOL_UNKNOWN = "?"  # results written before training-attack protocols existed
 MIXED_PROTOCOLS = "mixed_protocols"
 UNEQUAL_BUDGET = "unequal_budget"
+TEACHER_TRANSFER = "teacher_transfer"
 NO_TEACHER = "-"
 AT_METHOD = "at"  # the baseline of delta_at: the same student trained with plain adversarial training
 # metrics.json "diagnostics" key -> (column, scale): agreement and accuracies in %, as everywhere
@@ -70,6 +71,8 @@ FLAG_HELP = {
     "autoattack_check": "one of AutoAttack's own sanity checks fired",
     UNEQUAL_BUDGET: "the table's methods had different tuning budgets (column trials): a row may lead because "
                     "it was tuned more, not because its method is better",
+    TEACHER_TRANSFER: "PGD-20 examples crafted on the teacher break the student more than its own white-box "
+                      "PGD-20 (the student inherits its teacher's adversarial directions)",
     MIXED_PROTOCOLS: "the table mixes training-attack protocols (column protocol): rows differ in the BatchNorm "
                      "mode their training examples were crafted in, not only in method",
 }
@@ -156,6 +159,31 @@ def _accuracies(record: RunRecord, attacks: list[str]) -> tuple[dict, list[str]]
     return row, cascade
 
 
+def teacher_transfer_flag(record: RunRecord) -> tuple[str, str] | None:
+    """``!teacher_transfer``: the accuracy under PGD-20 crafted on the run's teacher (an attack named
+    ``transfer-teacher``, or ``transfer`` with source ``teacher``) falls below the run's white-box PGD-20
+    (``pgd20``, or ``pgd`` with 20 steps, one restart, CE) by more than sampling noise (2 examples or
+    0.5 %, the evaluator's margin). Read from the record's attack configurations, never from labels."""
+    configs, accuracies = record.attacks or {}, record.robust_accuracy or {}
+
+    def labels(test) -> list[str]:
+        return [label for label, config in configs.items() if test(config) and accuracies.get(label) is not None]
+
+    transfer = labels(lambda c: c.get("name") == "transfer-teacher"
+                      or (c.get("name") == "transfer" and c.get("source") == "teacher"))
+    white_box = labels(lambda c: c.get("name") == "pgd20" or (c.get("name") == "pgd" and c.get("steps") == 20 and
+                                                              c.get("restarts", 1) == 1 and c.get("loss", "ce") == "ce"))
+    if not transfer or not white_box or not record.n_examples:
+        return None
+    margin = max(2.0 / record.n_examples, 0.005)
+    t_label = min(transfer, key=lambda label: accuracies[label])
+    w_label = max(white_box, key=lambda label: accuracies[label])
+    if accuracies[t_label] < accuracies[w_label] - margin:
+        return (TEACHER_TRANSFER, f"{t_label} {accuracies[t_label]:.2%} < white-box {w_label} "
+                                  f"{accuracies[w_label]:.2%}")
+    return None
+
+
 def attack_mode_label(mode) -> str:
     """How tables show the mode a run crafted its training examples in (metrics.json ``attack_mode``)."""
     return {None: "-", "free": "n/a (free)"}.get(mode, str(mode))
@@ -211,6 +239,7 @@ def run_row(record: RunRecord, config: dict | None, source: Path, attacks: list[
             if key not in diagnostics:
                 diagnostics.append(key)
             row[key] = scale * float(value)
+    row.update(corruption_columns(record, diagnostics))
     row.update({"train_s": _number(record.train_seconds), "params": _number(record.parameters),
                 "madds": _number(record.madds)})
     # the epoch whose weights were evaluated, and on what it was chosen (older records: the last epoch)
@@ -224,6 +253,9 @@ def run_row(record: RunRecord, config: dict | None, source: Path, attacks: list[
     row["cascade"] = " ".join(cascade)
     row["run_id"] = record.run_id
     row["_flags"] = [(flag.code, flag.detail) for flag in record.flags or []]
+    transfer = teacher_transfer_flag(record)
+    if transfer is not None:
+        row["_flags"].append(transfer)
     if identity:
         row["_group"] = digest({k: v for k, v in identity.items() if k != "seed"})
         row["_student_key"] = digest({k: identity.get(k) for k in ("dataset", "threat", "student")})
@@ -240,6 +272,21 @@ def run_row(record: RunRecord, config: dict | None, source: Path, attacks: list[
     return row
 
 
+CORRUPTIONS = "corruptions"  # the column: mean accuracy over every corruption and severity (%)
+
+
+def corruption_columns(record: RunRecord, columns: list[str] | None = None) -> dict:
+    """``corruptions`` (the mean corruption accuracy, %) and ``_corruptions`` (corruption -> its
+    accuracy averaged over severities, %) of a record evaluated on common corruptions."""
+    if record.corruptions is None:
+        return {}
+    if columns is not None and CORRUPTIONS not in columns:
+        columns.append(CORRUPTIONS)
+    return {CORRUPTIONS: 100.0 * record.corruptions.mean,
+            "_corruptions": {name: 100.0 * float(np.mean(values))
+                             for name, values in record.corruptions.accuracy.items()}}
+
+
 def teacher_row(record: RunRecord, config: dict | None, source: Path, attacks: list[str]) -> dict:
     """A teacher's row of the teachers frame."""
     identity = (config or {}).get("identity")
@@ -247,6 +294,7 @@ def teacher_row(record: RunRecord, config: dict | None, source: Path, attacks: l
            "attack_mode": attack_mode_label(record.attack_mode)}  # "-": not trained in the suite
     accuracies, cascade = _accuracies(record, attacks)
     row.update(accuracies)
+    row.update({k: v for k, v in corruption_columns(record).items() if not k.startswith("_")})
     row.update({"params": _number(record.parameters), "madds": _number(record.madds),
                 "flags": flag_markers([[(flag.code, "") for flag in record.flags or []]]),
                 "cascade": " ".join(cascade), "teacher_id": record.run_id,
@@ -285,6 +333,8 @@ def collect(paths) -> Results:
                     record, read_config(teacher_directory), directory, teacher_attacks)
     teacher_frame = pd.DataFrame(list(teachers.values()))
     frame = pd.DataFrame(list(runs.values()))
+    if not frame.empty and "_corruptions" not in frame.columns:  # no run evaluated on common corruptions
+        frame["_corruptions"] = None
     suites = list(dict.fromkeys(frame["suite"])) if not frame.empty else []
     results = Results(frame, teacher_frame, attacks, diagnostics, sorted(set(duplicates)), [str(d) for d in dirs],
                       suites, {run_id: curve for run_id, curve in curves.items() if curve["losses"] or curve["loss_terms"]})
@@ -399,7 +449,7 @@ def selection_columns(results: Results) -> list[str]:
 
 
 INTERNAL = ["_group", "_student_key", "_teacher_key", "_method_name", "_finished", "_source", "_flags",
-            "_at_worst_case", "_n", "_class_counts", "_correct"]
+            "_at_worst_case", "_n", "_class_counts", "_correct", "_corruptions"]
 
 
 def flag_markers(flag_lists: list[list[tuple[str, str]]]) -> str:
@@ -449,6 +499,7 @@ def aggregate_frame(results: Results) -> pd.DataFrame:
             row[f"{metric}_lo"], row[f"{metric}_hi"] = seeds_interval(group, metric)
         row["_n"] = group["_n"].astype(float).sum()
         row["_class_counts"] = pooled_class_counts(group["_class_counts"])
+        row["_corruptions"] = mean_corruptions(list(group["_corruptions"]))
         row["train_s"] = group["train_s"].astype(float).mean()
         row["transfer_ratio"] = group["transfer_ratio"].astype(float).mean()
         row["delta_at"] = row["worst_case"] - first["_at_worst_case"]
@@ -483,6 +534,14 @@ def seeds_interval(group: pd.DataFrame, metric: str) -> tuple[float, float]:
         return np.nan, np.nan
     result = mean_interval(arrays)
     return 100.0 * result.lo, 100.0 * result.hi
+
+
+def mean_corruptions(per_run) -> dict | None:
+    """corruption -> mean over runs (%); None unless every run has corruption accuracies."""
+    runs = [r for r in per_run if isinstance(r, dict)]
+    if not runs or len(runs) != len(per_run):
+        return None
+    return {name: float(np.mean([r[name] for r in runs if name in r])) for name in runs[0]}
 
 
 def pooled_class_counts(per_run) -> dict | None:

@@ -9,6 +9,7 @@ import pandas as pd
 from ..errors import RkbenchError
 from ..store import holds_results, write_text
 from .classes import per_class_frame
+from .corruptions import per_corruption_frame
 from .frame import Results, aggregate_frame, collect, per_seed_frame, protocols, public
 from .paired import compare_frame, resolve, with_baseline
 from .paper import DEFAULT_TOLERANCE, against_paper, legend
@@ -84,12 +85,16 @@ def paper_report(results: Results, fmt: str, tolerance: float = DEFAULT_TOLERANC
 def report(paths, fmt: str = "md", per_seed: bool = False, where=(), sort: str | None = None,
            pivot_by: str | None = None, value: str = "worst_case", out: str | Path | None = None,
            against_paper: bool = False, tolerance: float = DEFAULT_TOLERANCE, baseline: str | None = None,
-           metric: str = "worst_case", alpha: float = 0.05, per_class: bool = False, resamples: int = RESAMPLES):
+           metric: str = "worst_case", alpha: float = 0.05, per_class: bool = False, resamples: int = RESAMPLES,
+           per_corruption: bool = False):
     """Build a report; returns (text or None, the frame, Results). ``png`` writes the plots into
     ``out`` (a directory) and returns no text. ``against_paper``: the suites' published numbers
     beside the measured ones instead of the leaderboard. ``baseline``: paired tests of every row
     against that method (``paired.with_baseline``) on ``metric``; ``per_class``: the per-class
-    worst-case table."""
+    worst-case table; ``per_corruption``: each corruption's accuracy (mean over severities)."""
+    if per_corruption:
+        if per_class or baseline or pivot_by:
+            raise RkbenchError("--per-corruption works on the leaderboard itself; drop --pivot, --baseline, --per-class")
     if fmt not in FORMATS:
         raise RkbenchError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     if (baseline or per_class) and pivot_by:
@@ -110,6 +115,9 @@ def report(paths, fmt: str = "md", per_seed: bool = False, where=(), sort: str |
         frame.attrs.update(attrs)
     if per_class:
         frame = per_class_frame(frame)
+    if per_corruption:
+        frame = per_corruption_frame(frame)
+        per_class = True  # a table of its own, as --per-class: no plots, no teachers' table
     if fmt == "png":
         from .plots import write_plots
 
@@ -119,7 +127,8 @@ def report(paths, fmt: str = "md", per_seed: bool = False, where=(), sort: str |
             raise RkbenchError("--format png writes image files: give --out DIR")
         plot_frame = frame if not per_seed else leaderboard(None, where=where, results=results, internal=True)
         return None, write_plots(plot_frame, results.attacks, out), results
-    view = "pivot" if pivot_by else ("per_class" if per_class else ("per_seed" if per_seed else "aggregated"))
+    view = "pivot" if pivot_by else ("per_corruption" if per_corruption else ("per_class" if per_class else
+                                                                           ("per_seed" if per_seed else "aggregated")))
     meta = {"view": view, "sources": results.sources, "attacks": results.attacks,
             "duplicates": results.duplicates}
     if pivot_by:
