@@ -14,7 +14,7 @@ from rkbench.evaluator import evaluate
 from rkbench.threat import ThreatModel
 
 QUICK = {  # every registered attack, configured small enough for CPU tests
-    "pgd": {"steps": 10}, "pgd20": {}, "pgd1000": {"steps": 50}, "pgd20-r10": {"restarts": 2}, "cw20": {},
+    "pgd": {"steps": 10}, "pgd10": {}, "pgd20": {}, "pgd1000": {"steps": 50}, "pgd20-r10": {"restarts": 2}, "cw20": {},
     "mifgsm": {}, "deepfool": {"steps": 10}, "autoattack": {"version": "fast"}, "square": {"n_queries": 1000},
     "transfer": {"steps": 10}, "transfer-teacher": {},  # crafted on the attacked model itself here (bound())
 }

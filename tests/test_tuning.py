@@ -73,9 +73,9 @@ def test_a_tuned_suite_trials_on_validation_then_runs_the_chosen_configurations(
     evaluated = []  # the methods whose runs the test split was read for
     final_run = SuiteEvaluation.run
 
-    def final_evaluation(self, model, directory, title, seed):
+    def final_evaluation(self, model, directory, title, seed, **options):
         evaluated.append(title)
-        return final_run(self, model, directory, title, seed)
+        return final_run(self, model, directory, title, seed, **options)
 
     monkeypatch.setattr(SuiteEvaluation, "run", final_evaluation)
     path = tmp_path / "tuned.yaml"

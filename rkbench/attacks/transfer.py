@@ -14,7 +14,7 @@ Source: Papernot et al. 2017 (transferability); Szegedy et al. 2014.
 from __future__ import annotations
 
 import torch
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from ..errors import AttackError
 from ..threat import default_step_size, parse_number
@@ -23,11 +23,12 @@ from .pgd import pgd
 
 
 class TransferParams(AttackParams):
-    source: str = "teacher"  # "teacher" (the run's own), a teacher of the suite by name, or a run id
-    steps: int = 20
-    step_size: float | None = None  # default: the threat model's rule, as PGD
-    random_start: bool = True
-    seed: int = 0
+    source: str = Field("teacher", description="the model the examples are crafted on: teacher (the run's own), "
+                                               "a teacher of the suite by name, or a run id")
+    steps: int = Field(20, description="PGD steps on the source model")
+    step_size: float | None = Field(None, description="default: the threat model's rule, as PGD")
+    random_start: bool = Field(True, description="start from a uniform point in the eps ball")
+    seed: int = Field(0, description="seed of the random starts (drawn per example)")
 
     _parse = field_validator("step_size", mode="before")(lambda cls, v: parse_number(v))
 
