@@ -70,7 +70,7 @@ def main():
 def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, executor, workers, partition, gpus_per_job,
         timeout_min, share_teacher):
     """Train, attack and rank every run of SUITE_FILE."""
-    from .api import check_executor, run_planned
+    from .api import check_executor, run_planned, where_runs
     from .cli_display import RichReporter, console, print_leaderboard, print_plan
     from .runner import SuiteRunner
     from .suite import load_suite
@@ -81,12 +81,12 @@ def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, execut
     if share_teacher:
         overrides.append("training.share_teacher=true")
     suite = load_suite(suite_file, overrides)
-    check_executor(suite, str(suite_file))
+    check_executor(suite, str(suite_file), warn=lambda line: click.echo(line, err=True))
     runner = SuiteRunner(suite, results_dir, retry_failed=retry_failed)
     if dry_run:
         print_plan(suite, runner.teacher_plans, runner.runs, runner.results_dir)
         return
-    console.print(f"[bold]{suite.name}[/bold]: {len(runner.runs)} runs on {runner.device}, "
+    console.print(f"[bold]{suite.name}[/bold]: {len(runner.runs)} runs on {where_runs(runner)}, "
                   f"results in {runner.results_dir}")
     with RichReporter(enabled=not quiet) as reporter:
         runner.reporter = reporter
@@ -113,7 +113,7 @@ def validate(suite_file, overrides):
     from .suite import expand, load_suite
 
     suite = load_suite(suite_file, overrides)
-    check_executor(suite, str(suite_file))
+    check_executor(suite, str(suite_file), warn=lambda line: click.echo(line, err=True))
     teachers, runs = expand(suite)
     print_plan(suite, teachers, runs, None)
     print_planning(suite)

@@ -84,14 +84,23 @@ class SuiteRunner:
         self.reporter = reporter or Reporter()
         self.retry_failed = retry_failed
         self.teacher_plans, self.runs = expand(suite)
-        self.device = resolve_device(suite.training.device)
+        self._device: torch.device | None = None  # resolved where runs train (see ``device``)
         self._data: TensorDataset | None = None
         # the reporter is looked up at each call: the CLI plugs its own in after planning
-        self.evaluation = SuiteEvaluation(suite, lambda: self.data, self.device,
+        self.evaluation = SuiteEvaluation(suite, lambda: self.data, lambda: self.device,
                                           lambda title: self.reporter.attack_callback(title))
-        self.teachers = TeacherCache(suite, self.results_dir, lambda: self.data, self.device, self.evaluation,
+        self.teachers = TeacherCache(suite, self.results_dir, lambda: self.data, lambda: self.device, self.evaluation,
                                      lambda text: self.reporter.message(text),
                                      lambda title: self.reporter.epoch_callback(title))
+
+    @property
+    def device(self) -> torch.device:
+        """The device runs train and are evaluated on, resolved on first use, in the process that
+        trains (this one, a worker, or a Slurm job): planning and submitting from a machine without
+        a GPU never resolves it, so ``training.device: cuda`` is checked where it matters."""
+        if self._device is None:
+            self._device = resolve_device(self.suite.training.device)
+        return self._device
 
     @property
     def data(self) -> TensorDataset:

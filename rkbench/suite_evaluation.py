@@ -17,12 +17,17 @@ from .suite import Suite
 
 
 class SuiteEvaluation:
-    def __init__(self, suite: Suite, data: Callable[[], TensorDataset], device: torch.device,
+    def __init__(self, suite: Suite, data: Callable[[], TensorDataset],
+                 device: torch.device | Callable[[], torch.device],
                  on_attack: Callable[[str], Callable | None] = lambda title: None):
         self.suite = suite
         self._data = data  # the suite's dataset, loaded on first use
-        self.device = device
+        self._device = device  # a device, or a function resolving it on first use
         self.on_attack = on_attack  # title -> the reporter's attack progress callback
+
+    @property
+    def device(self) -> torch.device:
+        return self._device() if callable(self._device) else self._device
 
     def count(self) -> int:
         """How many test examples the evaluation uses (without copying them anywhere)."""

@@ -26,17 +26,22 @@ from .train import Trainer
 
 
 class TeacherCache:
-    def __init__(self, suite: Suite, results_dir: Path, data: Callable[[], TensorDataset], device: torch.device,
+    def __init__(self, suite: Suite, results_dir: Path, data: Callable[[], TensorDataset],
+                 device: torch.device | Callable[[], torch.device],
                  evaluation: SuiteEvaluation, message: Callable[[str], None] = lambda text: None,
                  on_epoch: Callable[[str], Callable | None] = lambda title: None):
         self.suite = suite
         self.results_dir = Path(results_dir)
         self._data = data
-        self.device = device
+        self._device = device  # a device, or a function resolving it on first use
         self.evaluation = evaluation
         self.message = message
         self.on_epoch = on_epoch  # title -> the reporter's epoch progress callback
         self._loaded: dict[str, torch.nn.Module] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self._device() if callable(self._device) else self._device
 
     def directory(self, plan: TeacherPlan) -> Path:
         return store.teacher_dir(self.results_dir, plan.teacher_id)
