@@ -236,6 +236,9 @@ def where_runs(runner) -> str:
 def run_planned(runner):
     """Teachers first, then every run of a planned ``SuiteRunner``, on the suite's executor (local by
     default; see executors.py). The runner never imports the executors: this is where they meet."""
+    from .device import cuda_determinism_env
+
+    cuda_determinism_env()  # this process may train (the local executor): before its first matmul
     executor = check_executor(runner.suite)
     if runner.suite.training.threads:
         torch.set_num_threads(runner.suite.training.threads)

@@ -48,6 +48,9 @@ plugin_option = click.option(
 @click.version_option(package_name="rkbench")
 def main():
     """rkbench: benchmark robust knowledge distillation and print a leaderboard."""
+    from .device import cuda_determinism_env
+
+    cuda_determinism_env()  # before anything runs a matmul: cuBLAS reads it once (docs/gpu.md)
 
 
 @main.command()

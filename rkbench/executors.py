@@ -68,6 +68,9 @@ def execute_runs(suite: "Suite", results_dir: str, run_ids: list[str], retry_fai
                  threads: int | None = None) -> list[tuple[str, str, str | None]]:
     """Run ``run_ids`` of ``suite`` in this process with ``SuiteRunner.run_one``; returns
     (run_id, status, error) per run. The entry point of worker processes and Slurm jobs."""
+    from .device import cuda_determinism_env
+
+    cuda_determinism_env()
     import torch
 
     if threads:
@@ -87,6 +90,9 @@ def execute_runs(suite: "Suite", results_dir: str, run_ids: list[str], retry_fai
 
 def prepare_teachers(suite: "Suite", results_dir: str, teacher_ids: list[str], threads: int | None = None) -> list[str]:
     """Train/load and evaluate the given teachers once (a worker task, or a Slurm job that arrays of runs depend on)."""
+    from .device import cuda_determinism_env
+
+    cuda_determinism_env()
     import torch
 
     if threads:
@@ -129,6 +135,9 @@ def _worker_init(threads: int, gpus=None) -> None:
     before anything touches CUDA, and its thread count."""
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus.get()
+    from .device import cuda_determinism_env
+
+    cuda_determinism_env()  # before anything runs a matmul (docs/gpu.md)
     import torch
 
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -305,6 +314,9 @@ class Requeueable:
         self.function = function
 
     def __call__(self, *args):
+        from .device import cuda_determinism_env
+
+        cuda_determinism_env()  # a Slurm job's first act, before anything runs a matmul (docs/gpu.md)
         _survive_own_requeue()
         return self.function(*args)
 

@@ -6,7 +6,8 @@ The schema has a version of its own, ``record_version``:
 
 - 1: files written before the record had a version (the same fields, no ``record_version`` key);
   they read as they are;
-- 2: this schema.
+- 2: the same fields without the device (``train_device``, ``eval_device``, ``eval_ieee_fp32``);
+- 3: this schema.
 
 A file with a newer version than this rkbench knows, a field of the wrong type or a field the
 schema does not have is not read as a result: one line says which. Nothing here imports torch
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from . import store
 from .errors import RkbenchError
 
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 
 Accuracy = Annotated[float, Field(ge=0, le=1)]
 Seconds = Annotated[float, Field(ge=0)]
@@ -37,6 +38,21 @@ class Flag(BaseModel):
 
     code: str = Field(min_length=1)
     detail: str = ""
+
+
+class DeviceInfo(BaseModel):
+    """The device a run trained or was evaluated on (rkbench/device.py ``device_info``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1)  # cpu, cuda, mps
+    name: str | None = None  # the GPU's name (None on the CPU)
+    cuda: str | None = None  # the CUDA version torch runs with (None on the CPU)
+    cudnn: str | None = None  # the cuDNN version (None on the CPU)
+
+    def label(self) -> str:
+        """``cpu``, or ``cuda (NVIDIA A100-SXM4-40GB)``: how reports show it."""
+        return f"{self.type} ({self.name})" if self.name else self.type
 
 
 class RunRecord(BaseModel):
@@ -60,6 +76,11 @@ class RunRecord(BaseModel):
     protocol: Literal["official", "eval", "train"] | None = None  # the suite's training-attack protocol
     attack_mode: Literal["train", "eval", "free"] | None = None  # the BatchNorm mode examples were crafted in
     versions: dict[str, str] | None = None  # rkbench, torch, python
+    # where it ran (absent in records before version 3): training and evaluation may differ, e.g.
+    # a finished run evaluated again on another machine
+    train_device: DeviceInfo | None = None
+    eval_device: DeviceInfo | None = None
+    eval_ieee_fp32: bool | None = None  # the attacks ran with TF32 off (IEEE float32)
 
     # training
     train_seconds: Seconds | None = None

@@ -14,6 +14,7 @@ import torch
 
 from . import store
 from .data import TensorDataset, load_dataset
+from .device import device_info, on_cpu
 from .methods import build_method
 from .models import build_model, count_parameters
 from .models.complexity import try_count_madds
@@ -44,7 +45,9 @@ class _Pending:
     method: object
     train_seconds: float | None = None
     error: BaseException | None = None
+    error_traceback: str | None = None  # the formatted traceback (a lock-step student's error keeps no frames)
     loss_terms: list | None = None  # per epoch, the mean of each named loss term (methods that name them)
+    train_device: dict | None = None  # where it trained (record.train_device)
 
 
 @dataclass
@@ -179,7 +182,8 @@ class SuiteRunner:
                 self._train_group([p for p in group if not p.reuse])
                 for pending in group:
                     run = pending.run
-                    outcome = (self._fail(run, pending.error) if pending.error is not None else self._finish(pending))
+                    outcome = (self._fail(run, pending.error, pending.error_traceback) if pending.error is not None
+                               else self._finish(pending))
                     outcomes[run.run_id] = outcome
                     if len(runs) > 1:
                         write_leaderboard(self.results_dir)
@@ -244,7 +248,8 @@ class SuiteRunner:
         method = build_method(run.method.method, run.method.params, self.suite.threat, run.seed,
                               run.protocol.attack_mode)
         return _Pending(run, directory, title, reuse, student, teacher, method,
-                        record.train_seconds if record else None, loss_terms=record.loss_terms if record else None)
+                        record.train_seconds if record else None, loss_terms=record.loss_terms if record else None,
+                        train_device=record.train_device.model_dump() if record and record.train_device else None)
 
     def _train_group(self, group: list["_Pending"]) -> None:
         if not group:
@@ -267,12 +272,14 @@ class SuiteRunner:
                 pending.error = exc
             return
         for pending, job in zip(group, jobs):
-            pending.error = job.error
+            pending.error, pending.error_traceback = job.error, job.error_traceback
             if job.error is None:
                 pending.train_seconds = job.result.train_seconds
                 pending.loss_terms = job.result.loss_terms or None
+                pending.train_device = device_info(self.device)
                 store.atomic_write(pending.directory / store.STUDENT,
-                                   lambda h, model=pending.student: torch.save(model.state_dict(), h), mode="wb")
+                                   lambda h, model=pending.student: torch.save(on_cpu(model.state_dict()), h),
+                                   mode="wb")
 
     def _finish(self, pending: "_Pending") -> RunOutcome:
         run, directory, student = pending.run, pending.directory, pending.student
@@ -280,7 +287,8 @@ class SuiteRunner:
             result = self.evaluation.run(student, directory, pending.title, seed=run.seed)
             write_record(directory, RunRecord(
                 **self._described(run), status="finished", train_seconds=pending.train_seconds,
-                loss_terms=pending.loss_terms or None, parameters=count_parameters(student),
+                loss_terms=pending.loss_terms or None, train_device=pending.train_device,
+                parameters=count_parameters(student),
                 madds=try_count_madds(student, self.data.input_shape), diagnostics=self.diagnostics(run, student),
                 **self.evaluation.record_fields(result)))
             # kept until now: killed while evaluating, the run resumes at its last epoch, not from scratch
@@ -296,12 +304,12 @@ class SuiteRunner:
         """The record's fields that say what ran."""
         return {**run.describe(), "model": run.student.model, "versions": versions()}
 
-    def _fail(self, run: RunSpec, exc: BaseException) -> RunOutcome:
+    def _fail(self, run: RunSpec, exc: BaseException, details: str | None = None) -> RunOutcome:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise exc
         directory = store.run_dir(self.results_dir, run.run_id)
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        store.append_log(directory / store.LOG, "".join(traceback.format_exception(exc)))
+        store.append_log(directory / store.LOG, details or "".join(traceback.format_exception(exc)))
         write_record(directory, RunRecord(**self._described(run), status="failed", error=reason))
         self.reporter.message(f"[red]run {run.run_id} failed[/red]: {reason}")
         return RunOutcome(run, "failed", reason)

@@ -3,6 +3,8 @@ the attacks, whether a run's record already holds this evaluation, and the recor
 fields. The attack engine itself is ``evaluator.py``; this binds it to a suite."""
 from __future__ import annotations
 
+import hashlib
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -11,9 +13,22 @@ import torch
 from . import store
 from .attacks import build_attack
 from .data import TensorDataset
+from .device import device_info
 from .evaluator import CLEAN, EvalResult, evaluate, reusable_previous, save_per_example
 from .record import RunRecord, current_record
 from .suite import Suite
+
+
+PROGRESS = "per_example.json"  # beside per_example.npz: whose arrays they are (weights, attacks)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of a model's state (names and values): the arrays on disk belong to these weights."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class SuiteEvaluation:
@@ -59,17 +74,37 @@ class SuiteEvaluation:
 
     def run(self, model: torch.nn.Module, directory: Path, title: str, seed: int) -> EvalResult:
         """Evaluate ``model``, reusing the per-example arrays of attacks already run on it with the same
-        configuration; the arrays are saved in ``directory``."""
+        configuration. The arrays are saved in ``directory`` after each attack, with ``PROGRESS``
+        naming the weights and attack configurations they hold: killed (a Slurm time limit), the
+        evaluation resumes at the next attack. The log says when the GPU ran out of memory."""
         x, y = self.examples()
         evaluation = self.suite.evaluation
+        model = model.to(self.device)
+        digest = weights_digest(model)
         record = current_record(directory)
-        previous = reusable_previous(directory / store.PER_EXAMPLE, record.model_dump(mode="json") if record else None,
-                                     self.threat(), self.attack_configs())
+        progress = store.read_json_or_none(directory / PROGRESS)
+        if progress is not None and progress.get("weights") == digest:
+            known = progress  # the arrays of this very model, saved after each attack
+        else:
+            known = record.model_dump(mode="json") if record else None
+        previous = reusable_previous(directory / store.PER_EXAMPLE, known, self.threat(), self.attack_configs())
+        configs = self.attack_configs()
+
+        def save(result: EvalResult) -> None:
+            save_per_example(directory / store.PER_EXAMPLE, result)
+            store.write_json(directory / PROGRESS, {"weights": digest, "threat": self.threat(),
+                                                    "attacks": {label: configs[label] for label in configs
+                                                                if label in result.evaluated}})
+
+        def log(line: str) -> None:
+            store.append_log(directory / store.LOG, line)
+            print(f"{title}: {line}", file=sys.stderr)
+
         torch.manual_seed(seed)  # attacks that draw from torch's global stream: the same in every process
-        result = evaluate(model.to(self.device), x, y, self.attacks(), evaluation.batch_size, previous=previous,
+        result = evaluate(model, x, y, self.attacks(), evaluation.batch_size, previous=previous,
                           exact=[a.label for a in evaluation.attacks if a.exact], cascade=evaluation.cascade,
-                          on_attack=self.on_attack(title))
-        save_per_example(directory / store.PER_EXAMPLE, result)
+                          on_attack=self.on_attack(title), on_attack_done=save, log=log)
+        save(result)
         return result
 
     def record_fields(self, result: EvalResult) -> dict:
@@ -83,4 +118,5 @@ class SuiteEvaluation:
                 "worst_case_accuracy": float(worst.mean()),
                 "attack_seconds": {label: round(result.seconds.get(label, 0.0), 3) for label in labels},
                 "attacks": self.attack_configs(), "cascade": self.suite.evaluation.cascade,
-                "flags": result.flags, "threat": self.threat()}
+                "flags": result.flags, "threat": self.threat(),
+                "eval_device": device_info(self.device), "eval_ieee_fp32": result.ieee_fp32}

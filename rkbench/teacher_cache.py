@@ -15,6 +15,7 @@ import torch
 
 from . import store
 from .data import TensorDataset
+from .device import device_info, on_cpu
 from .methods import build_method
 from .models import count_parameters
 from .models.complexity import try_count_madds
@@ -91,6 +92,7 @@ class TeacherCache:
         if source.trains and weights.is_file():
             model = source.restore(params, context, weights)
             train_seconds = record.train_seconds if record else None
+            train_device = record.train_device.model_dump() if record and record.train_device else None
         else:
             started = time.perf_counter()
             store.write_json(directory / store.CONFIG, {"teacher": plan.spec.name, "identity": plan.identity})
@@ -99,8 +101,9 @@ class TeacherCache:
                 context.train = self._trainer_for(plan)
             model = source.build(params, context)
             train_seconds = time.perf_counter() - started if source.trains else None
+            train_device = device_info(self.device) if source.trains else None
             if source.trains:
-                store.atomic_write(weights, lambda h: torch.save(model.state_dict(), h), mode="wb")
+                store.atomic_write(weights, lambda h: torch.save(on_cpu(model.state_dict()), h), mode="wb")
                 (directory / store.CHECKPOINT).unlink(missing_ok=True)
         model = model.to(self.device).eval()
         model.requires_grad_(False)
@@ -111,7 +114,7 @@ class TeacherCache:
             write_record(directory, RunRecord(
                 run_id=plan.teacher_id, status="finished", teacher=plan.spec.name, source=plan.spec.source,
                 model=source.model_label(params), **protocol, parameters=count_parameters(model),
-                train_seconds=train_seconds, madds=try_count_madds(model, data.input_shape),
+                train_seconds=train_seconds, train_device=train_device, madds=try_count_madds(model, data.input_shape),
                 **self.evaluation.record_fields(result)))
         self._loaded[plan.teacher_id] = model
         return model

@@ -32,7 +32,7 @@ def test_a_record_round_trips_and_carries_its_version(tmp_path):
     record = finished_record("a1", robust_accuracy={"pgd20": 0.5, "aa": None}, flags=[{"code": "x", "detail": "y"}])
     write_record(tmp_path / "a1", record)
     written = json.loads((tmp_path / "a1" / store.METRICS).read_text())
-    assert written["record_version"] == RECORD_VERSION == 2
+    assert written["record_version"] == RECORD_VERSION == 3
     assert written["robust_accuracy"] == {"pgd20": 0.5, "aa": None}  # None: run by the cascade, kept
     assert read_record(tmp_path / "a1") == (record, None)
 
@@ -46,8 +46,8 @@ def test_a_file_from_before_the_version_reads_as_version_1(tmp_path):
 
 
 @pytest.mark.parametrize("change, expected", [
-    ({"record_version": 3}, "written by a newer rkbench (record version 3; this one reads up to 2)"),
-    ({"record_version": "3"}, "record_version: Input should be a valid integer"),
+    ({"record_version": 4}, "written by a newer rkbench (record version 4; this one reads up to 3)"),
+    ({"record_version": "4"}, "record_version: Input should be a valid integer"),
     ({"accuracy": 0.9}, "accuracy: Extra inputs are not permitted"),
     ({"status": "failed"}, "a failed run names its error"),
     ({"clean_accuracy": 1.5}, "clean_accuracy: Input should be less than or equal to 1"),
@@ -106,12 +106,12 @@ def test_a_record_rkbench_cannot_read_is_left_alone_and_named(tmp_path):
         evaluation={"n_examples": 20, "batch_size": 20, "attacks": [{"name": "pgd", "label": "pgd5", "steps": 5}]}))
     _, runs = expand(suite)
     newer = store.run_dir(tmp_path, runs[0].run_id)
-    text = json.dumps({**finished_record(runs[0].run_id).model_dump(mode="json"), "record_version": 3})
+    text = json.dumps({**finished_record(runs[0].run_id).model_dump(mode="json"), "record_version": 4})
     newer.mkdir(parents=True)
     (newer / store.METRICS).write_text(text)
     outcome = run_suite(suite, tmp_path)
     assert [o.status for o in outcome.outcomes] == ["failed", "finished"]
-    assert "written by a newer rkbench (record version 3" in outcome.outcomes[0].error
+    assert "written by a newer rkbench (record version 4" in outcome.outcomes[0].error
     assert (newer / store.METRICS).read_text() == text and not (newer / store.STUDENT).exists()
     status = CliRunner().invoke(main, ["status", str(tmp_path), "--json"])
     states = {row["id"]: row["state"] for row in json.loads(status.output)}
