@@ -225,19 +225,67 @@ def _check_attack(spec: AttackSpec) -> None:
         raise ConfigError(f"--attacks: {exc}") from None
 
 
-def check_executor(suite: Suite, source: str = "suite"):
-    """The executor the suite names (``executor.name``), or one did-you-mean line."""
+def check_executor(suite: Suite, source: str = "suite", warn=None):
+    """The executor the suite names (``executor.name``), or one did-you-mean line. A Slurm suite
+    whose jobs request no GPU (``gpus_per_job: 0``) is refused with ``training.device: cuda`` (the
+    jobs would see none) and gets one warning line through ``warn`` with ``device: auto`` (its jobs
+    train on the CPU)."""
     from .executors import build_executor
 
     try:
-        return build_executor(suite.executor)
+        executor = build_executor(suite.executor)
     except RkbenchError as exc:
         raise ConfigError(f"{source}: executor.name: {exc}") from None
+    problem = gpu_request_problem(suite)
+    if problem and suite.training.device == "cuda":
+        raise ConfigError(f"{source}: {problem}")
+    if problem and warn is not None:
+        warn(f"warning: {problem}")
+    return executor
+
+
+def requests_gpus(config) -> bool:
+    """Whether a Slurm executor section asks for GPUs: ``gpus_per_job``, or a GPU option of its own
+    in ``slurm_additional`` (``gres: gpu:1``, ``gpus``, ...)."""
+    extra = {str(key).replace("-", "_"): str(value) for key, value in config.slurm_additional.items()}
+    return config.gpus_per_job > 0 or any(key.startswith("gpu") or key.endswith("gpus") for key in extra) \
+        or "gpu" in extra.get("gres", "")
+
+
+def gpu_request_problem(suite: Suite) -> str | None:
+    """What is wrong when Slurm jobs of a suite that may train on a GPU request none, else None."""
+    config = suite.executor
+    if config.name != "slurm" or suite.training.device == "cpu" or requests_gpus(config):
+        return None
+    return (f"executor.gpus_per_job is 0: the Slurm jobs request no GPU, so training.device "
+            f"'{suite.training.device}' " + ("finds none in them" if suite.training.device == "cuda"
+                                             else "trains on their CPU") +
+            " (set executor.gpus_per_job: 1, or training.device: cpu)")
+
+
+def where_runs(runner) -> str:
+    """Where a planned suite's runs train, as the plan's line says it: the device of this process
+    for the local executor, what the jobs request for Slurm (resolved in each job, never here)."""
+    config, device = runner.suite.executor, runner.suite.training.device
+    if config.name == "slurm":
+        gpus = (f"{config.gpus_per_job} GPU(s) per job" if config.gpus_per_job
+                else "GPUs as slurm_additional asks" if requests_gpus(config) else "no GPU requested")
+        return f"Slurm jobs ({gpus}; training.device {device}, resolved in each job)"
+    resolved = runner.device
+    if config.name == "local" and resolved.type == "cuda":
+        from .executors import visible_gpus
+
+        count = len(visible_gpus())
+        return f"{resolved} ({count} GPU(s) visible)" if count > 1 else str(resolved)
+    return str(resolved)
 
 
 def run_planned(runner):
     """Teachers first, then every run of a planned ``SuiteRunner``, on the suite's executor (local by
     default; see executors.py). The runner never imports the executors: this is where they meet."""
+    from .device import cuda_determinism_env
+
+    cuda_determinism_env()  # this process may train (the local executor): before its first matmul
     executor = check_executor(runner.suite)
     if runner.suite.logging.tensorboard:
         from .tensorboard_log import check_available

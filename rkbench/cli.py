@@ -63,6 +63,9 @@ plugin_option = click.option(
 @click.version_option(package_name="rkbench")
 def main():
     """rkbench: benchmark robust knowledge distillation and print a leaderboard."""
+    from .device import cuda_determinism_env
+
+    cuda_determinism_env()  # before anything runs a matmul: cuBLAS reads it once (docs/gpu.md)
 
 
 @main.command()
@@ -88,7 +91,7 @@ def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, execut
         timeout_min, share_teacher, tensorboard):
     """Train, attack and rank every run of SUITE_FILE."""
     from . import store
-    from .api import check_executor, run_planned
+    from .api import check_executor, run_planned, where_runs
     from .cli_display import RichReporter, console, print_leaderboard, print_plan
     from .runner import SuiteRunner
     from .suite import load_suite
@@ -101,7 +104,7 @@ def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, execut
     if tensorboard:
         overrides.append("logging.tensorboard=true")
     suite = load_suite(suite_file, overrides)
-    check_executor(suite, str(suite_file))
+    check_executor(suite, str(suite_file), warn=lambda line: click.echo(line, err=True))
     runner = SuiteRunner(suite, results_dir, retry_failed=retry_failed)
     if dry_run:
         print_plan(suite, runner.teacher_plans, runner.runs, runner.results_dir)
@@ -112,7 +115,7 @@ def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, execut
                 click.echo(line)
         return
     store.check_writable(runner.results_dir)  # before anything is printed or trained
-    console.print(f"[bold]{suite.name}[/bold]: {len(runner.runs)} runs on {runner.device}, "
+    console.print(f"[bold]{suite.name}[/bold]: {len(runner.runs)} runs on {where_runs(runner)}, "
                   f"results in {runner.results_dir}")
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)  # `kill PID` stops like Ctrl-C
     try:
@@ -167,7 +170,7 @@ def validate(suite_file, overrides):
     from .suite import expand, load_suite
 
     suite = load_suite(suite_file, overrides)
-    check_executor(suite, str(suite_file))
+    check_executor(suite, str(suite_file), warn=lambda line: click.echo(line, err=True))
     teachers, runs = expand(suite)
     print_plan(suite, teachers, runs, None)
     print_planning(suite)

@@ -24,6 +24,7 @@ from torch import nn
 
 from . import store
 from .attacks import Attack, perturbation_norm
+from .device import ieee_fp32, in_ieee_fp32
 from .errors import AttackError
 
 CLEAN = store.CLEAN
@@ -40,6 +41,7 @@ class EvalResult:
     flags: list[dict] = field(default_factory=list)
     labels: np.ndarray | None = None  # int [n]: the true classes
     corruptions: dict | None = None  # a suite's common-corruption accuracies (suite_evaluation.py), not per example
+    ieee_fp32: bool | None = None  # every attack of this evaluation ran with TF32 off
 
     def is_exact(self, label: str) -> bool:
         return label == CLEAN or bool(self.evaluated.get(label, np.zeros(0, bool)).all())
@@ -97,30 +99,66 @@ class EvalResult:
                           {k: v for k, v in self.seconds.items() if k in keep}, labels=self.labels)
 
 
+class Batches:
+    """The evaluation's batches: ``batch_size`` examples at a time, halved and the batch retried when
+    the GPU runs out of memory (a line through ``log`` says so); the smaller size holds for the rest
+    of the evaluation. Which examples an attack draws for does not depend on the batch (attacks seed
+    per example), so the accuracies are those of the full batch size."""
+
+    def __init__(self, batch_size: int, log: Callable[[str], None] | None = None):
+        self.size = batch_size
+        self.log = log or (lambda line: None)
+
+    def run(self, n: int, step: Callable[[int, int], object]) -> list:
+        """``step(start, stop)`` over ``range(n)`` in batches; the results in order."""
+        out, start = [], 0
+        while start < n:
+            stop = min(start + self.size, n)
+            try:
+                out.append(step(start, stop))
+            except torch.cuda.OutOfMemoryError:
+                if self.size == 1:
+                    raise
+                self.size = max(1, self.size // 2)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.log(f"out of memory at an evaluation batch of {stop - start}: retrying with batch {self.size}")
+                continue
+            start = stop
+        return out
+
+
+def _batches(batch_size: "int | Batches") -> Batches:
+    return batch_size if isinstance(batch_size, Batches) else Batches(batch_size)
+
+
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)])
+def predict(model: nn.Module, x: torch.Tensor, batch_size: "int | Batches") -> torch.Tensor:
+    return torch.cat(_batches(batch_size).run(x.shape[0], lambda i, j: model(x[i:j]).argmax(1)))
 
 
-def attack_correct(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+def attack_correct(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, batch_size: "int | Batches",
                    on_batch: Callable[[int], None] | None = None,
                    example_ids: torch.Tensor | None = None) -> np.ndarray:
     """Per-example correctness under ``attack``; checks the attack stayed inside the threat model."""
-    correct = []
     eps = attack.threat.eps
     if example_ids is None:
         example_ids = torch.arange(x.shape[0])
-    for start in range(0, x.shape[0], batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        x_adv = attack(model, xb, yb, example_ids=example_ids[start:start + batch_size].cpu())
+
+    def step(start: int, stop: int) -> torch.Tensor:
+        xb, yb = x[start:stop], y[start:stop]
+        x_adv = attack(model, xb, yb, example_ids=example_ids[start:stop].cpu())
         excess = (perturbation_norm(x_adv - xb, attack.threat.norm) - eps).max().item()
         if excess > 1e-5 or x_adv.min() < -1e-6 or x_adv.max() > 1 + 1e-6:
             raise AttackError(f"attack {type(attack).__name__} left the threat model "
                               f"(norm exceeds eps by {excess:.2e} or pixels outside [0, 1])")
         with torch.no_grad():
-            correct.append((model(x_adv).argmax(1) == yb).cpu())
+            correct = (model(x_adv).argmax(1) == yb).cpu()
         if on_batch:
             on_batch(xb.shape[0])
+        return correct
+
+    correct = _batches(batch_size).run(x.shape[0], step)
     if not correct:
         raise AttackError(f"attack {type(attack).__name__} produced no results (no examples?)")
     return torch.cat(correct).numpy()
@@ -128,14 +166,28 @@ def attack_correct(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.T
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: dict[str, Attack], batch_size: int = 500,
              previous: EvalResult | None = None, exact: Sequence[str] | None = None, cascade: bool = True,
-             on_attack: Callable[[str, int], Callable[[int], None] | None] | None = None) -> EvalResult:
-    """Evaluate ``model`` (eval mode) clean and under ``attacks``.
+             on_attack: Callable[[str, int], Callable[[int], None] | None] | None = None,
+             on_attack_done: Callable[[EvalResult], None] | None = None,
+             log: Callable[[str], None] | None = None) -> EvalResult:
+    """Evaluate ``model`` (eval mode) clean and under ``attacks``, in IEEE float32 (TF32 off: see
+    ``rkbench/device.py``).
 
     cascade: attacks run cheapest first, each on the examples still robust, except those named in
     ``exact`` (every attack when cascade is off), which run on every example. Arrays in
     ``previous`` (same attack configurations) are reused: only examples never attacked and still
-    needing it are attacked.
+    needing it are attacked. ``on_attack_done(result)`` after each attack that ran (the arrays so
+    far: saved, a requeued evaluation resumes at the next attack). On a GPU out of memory the batch
+    is halved and retried, a line through ``log`` saying so.
     """
+    with ieee_fp32():
+        result = _evaluate(model, x, y, attacks, Batches(batch_size, log), previous, exact, cascade, on_attack,
+                           on_attack_done)
+        result.ieee_fp32 = in_ieee_fp32()
+    return result
+
+
+def _evaluate(model, x, y, attacks, batches: Batches, previous, exact, cascade, on_attack,
+              on_attack_done) -> EvalResult:
     n = x.shape[0]
     if n == 0:
         raise AttackError("evaluation on zero examples: check evaluation.n_examples and the dataset")
@@ -148,7 +200,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: dict[s
         result.seconds.update(previous.seconds)
     if CLEAN not in result.correct:
         started = time.perf_counter()
-        result.correct[CLEAN] = (predict(model, x, batch_size) == y).cpu().numpy()
+        result.correct[CLEAN] = (predict(model, x, batches) == y).cpu().numpy()
         result.seconds[CLEAN] = time.perf_counter() - started
     robust = result.correct[CLEAN].copy()
     ordered = sorted(attacks.items(), key=lambda item: item[1].cost)
@@ -164,12 +216,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: dict[s
             started = time.perf_counter()
             index = torch.from_numpy(np.flatnonzero(need)).to(x.device)
             callback = on_attack(label, int(need.sum())) if on_attack else None
-            result.correct[label][need] = attack_correct(model, attack, x[index], y[index], batch_size, callback,
+            result.correct[label][need] = attack_correct(model, attack, x[index], y[index], batches, callback,
                                                          example_ids=index.cpu())
             result.evaluated[label][need] = True
             result.seconds[label] = result.seconds.get(label, 0.0) + time.perf_counter() - started
+            if on_attack_done:
+                on_attack_done(result)
         robust &= result.not_broken(label)
-    result.flags = integrity_flags(model, x, y, result, attacks, batch_size)
+    result.flags = integrity_flags(model, x, y, result, attacks, batches)
     return result
 
 
@@ -182,18 +236,19 @@ def noise_margin(n: int) -> float:
     return max(2.0 / n, 0.005)
 
 
-def input_gradient_health(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+def input_gradient_health(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: "int | Batches") -> float:
     """Fraction of examples whose input gradient of the CE loss is zero or not finite."""
-    bad = 0
-    for start in range(0, x.shape[0], batch_size):
-        xb = x[start:start + batch_size].clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(F.cross_entropy(model(xb), y[start:start + batch_size], reduction="sum"), xb)
+    def step(start: int, stop: int) -> int:
+        xb = x[start:stop].clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(xb), y[start:stop], reduction="sum"), xb)
         flat = grad.flatten(1)
-        bad += int(((flat.abs().sum(1) == 0) | ~torch.isfinite(flat).all(1)).sum())
-    return bad / x.shape[0]
+        return int(((flat.abs().sum(1) == 0) | ~torch.isfinite(flat).all(1)).sum())
+
+    return sum(_batches(batch_size).run(x.shape[0], step)) / x.shape[0]
 
 
-def integrity_flags(model, x, y, result: EvalResult, attacks: dict[str, Attack], batch_size: int) -> list[dict]:
+def integrity_flags(model, x, y, result: EvalResult, attacks: dict[str, Attack],
+                    batch_size: "int | Batches") -> list[dict]:
     n, margin, clean = result.n_examples, noise_margin(result.n_examples), result.clean_accuracy
     flags: list[dict] = []
     for label in attacks:

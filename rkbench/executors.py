@@ -71,6 +71,9 @@ def execute_runs(suite: "Suite", results_dir: str, run_ids: list[str], retry_fai
                  threads: int | None = None) -> list[tuple[str, str, str | None]]:
     """Run ``run_ids`` of ``suite`` in this process with ``SuiteRunner.run_one``; returns
     (run_id, status, error) per run. The entry point of worker processes and Slurm jobs."""
+    from .device import cuda_determinism_env
+
+    cuda_determinism_env()
     import torch
 
     if threads:
@@ -90,6 +93,9 @@ def execute_runs(suite: "Suite", results_dir: str, run_ids: list[str], retry_fai
 
 def prepare_teachers(suite: "Suite", results_dir: str, teacher_ids: list[str], threads: int | None = None) -> list[str]:
     """Train/load and evaluate the given teachers once (a worker task, or a Slurm job that arrays of runs depend on)."""
+    from .device import cuda_determinism_env
+
+    cuda_determinism_env()
     import torch
 
     if threads:
@@ -135,6 +141,9 @@ def _worker_init(threads: int, gpus=None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus.get()
+    from .device import cuda_determinism_env
+
+    cuda_determinism_env()  # before anything runs a matmul (docs/gpu.md)
     import torch
 
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -344,6 +353,9 @@ class Requeueable:
         self.function = function
 
     def __call__(self, *args):
+        from .device import cuda_determinism_env
+
+        cuda_determinism_env()  # a Slurm job's first act, before anything runs a matmul (docs/gpu.md)
         _survive_own_requeue()
         return self.function(*args)
 
@@ -440,6 +452,32 @@ class SlurmExecutor(Executor):
             watch_without_sacct(runner.reporter.message)
         return executor
 
+    def gpu_slots(self) -> list[int]:
+        """submitit's local backend (``cluster: local``) hands every job the first ``gpus_per_job``
+        GPUs of the machine ("0" for each job asked for one): the GPUs visible here, to be dealt to
+        the jobs in turn instead ([] on a real cluster, where Slurm gives each job its own)."""
+        if self.config.cluster != "local" or not self.config.gpus_per_job:
+            return []
+        return [int(gpu) for gpu in visible_gpus() if gpu.isdigit()]
+
+    def submit(self, executor, function, calls: list[tuple], array: bool = True) -> list:
+        """One job per call (a job array when ``array``); under submitit's local backend with GPUs,
+        each job gets the next ``gpus_per_job`` of them."""
+        slots = self.gpu_slots()
+        if not slots:
+            if array:
+                return executor.map_array(function, *(list(column) for column in zip(*calls)))
+            return [executor.submit(function, *call) for call in calls]
+        jobs, n = [], self.config.gpus_per_job
+        for call in calls:
+            start = self._dealt * n
+            self._dealt += 1
+            executor.update_parameters(local_visible_gpus=tuple(slots[(start + k) % len(slots)] for k in range(n)))
+            jobs.append(executor.submit(function, *call))
+        return jobs
+
+    _dealt = 0  # jobs given GPUs so far (submitit's local backend)
+
     def folder(self, runner) -> Path:
         return Path(self.config.folder).expanduser() if self.config.folder else runner.results_dir / "slurm"
 
@@ -456,8 +494,10 @@ class SlurmExecutor(Executor):
 
         # 1. one job per teacher that is not ready yet
         teachers = [plan for plan in runner.needed_teachers() if not runner.teachers.ready(plan)]
-        teacher_jobs = {plan.teacher_id: executor.submit(Requeueable(prepare_teachers), runner.suite, results_dir,
-                                                         [plan.teacher_id], threads) for plan in teachers}
+        submitted = self.submit(executor, Requeueable(prepare_teachers),
+                                [(runner.suite, results_dir, [plan.teacher_id], threads) for plan in teachers],
+                                array=False)
+        teacher_jobs = {plan.teacher_id: job for plan, job in zip(teachers, submitted)}
         if teacher_jobs:
             runner.reporter.message(f"teachers: {len(teacher_jobs)} job(s) "
                                     f"{', '.join(job.job_id for job in teacher_jobs.values())}")
@@ -490,9 +530,8 @@ class SlurmExecutor(Executor):
                 executor.update_parameters(slurm_dependency=f"afterok:{after}" if after else None,
                                            slurm_additional_parameters={**config.slurm_additional,
                                                                         **({"kill_on_invalid_dep": "yes"} if after else {})})
-            jobs = executor.map_array(Requeueable(execute_runs), [runner.suite] * len(chunks),
-                                      [results_dir] * len(chunks), chunks, [runner.retry_failed] * len(chunks),
-                                      [threads] * len(chunks))
+            jobs = self.submit(executor, Requeueable(execute_runs),
+                               [(runner.suite, results_dir, chunk, runner.retry_failed, threads) for chunk in chunks])
             arrays.append((teacher_id, chunks, jobs))
             runner.reporter.message(f"{len(runs)} runs in {len(jobs)} job(s): {jobs[0].job_id.split('_')[0]}"
                                     + (" (array)" if len(jobs) > 1 else "")

@@ -16,7 +16,10 @@ what is computed.
   a run's identity. Evaluation never runs under it: a robust accuracy is always measured in float32.
 - ``compile``: the student (and the teacher) through ``torch.compile``; the method calls the
   compiled module, checkpoints and ``student.pt`` hold the plain module's weights. Only the
-  model's ``forward`` is compiled: a method that calls ``features`` (RRM) runs those eagerly.
+  model's ``forward`` is compiled: a method that calls ``features`` (RRM) runs those eagerly. A
+  method that differentiates through a gradient of the student (KDIGA: double backward, which
+  AOTAutograd lacks) gets its student eagerly. Each compiled model gets a ``forward`` code object of
+  its own (``own_forward``): one recompile budget per model, not one for all.
 - ``data_on_device`` / ``pin_memory``: the whole training set as one tensor on the device (the
   default), or on the host with each batch gathered there and copied (pinned, non-blocking on CUDA).
 - ``malloc_tuning`` (on by default, CPU training under glibc): large tensors come from the heap
@@ -31,18 +34,22 @@ what is computed.
   Without it the digits suite's leaderboard is the same to the last digit; on the 2-core CPU its
   cost varied from nothing to 29 % of a pass pair between runs (``bench/process_settings.py``).
   ``deterministic: null`` turns the mode on for CPU and leaves CUDA as torch has it; ``true`` and
-  ``false`` set it either way.
+  ``false`` set it either way. On CUDA, ``true`` is strict (cuDNN deterministic without autotuning,
+  no ``warn_only``, ``CUBLAS_WORKSPACE_CONFIG``): bit-equal resume on CUDA holds only with it
+  (docs/gpu.md); a CUDA run without it says so in its log.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import types
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .device import cuda_determinism_env, deterministic_cuda, same_device
 from .errors import RkbenchError
 
 
@@ -66,6 +73,22 @@ def tune_malloc() -> bool:
     m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
     _MALLOC_TUNED = bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 30))
     return _MALLOC_TUNED
+
+
+def own_forward(model: nn.Module) -> nn.Module:
+    """``model`` with a ``forward`` of its own code object. Every rkbench model inherits one
+    ``Classifier.forward``, and Dynamo keeps its compiled graphs, and its recompile limit (8), per
+    code object: students and teachers compiled in one process (a lock-step group: other classes,
+    train and eval mode, attack and clean batches) would share that budget and, past it, silently
+    run eagerly. A copy of the code per instance gives each model a budget of its own."""
+    function = type(model).forward
+    code = function.__code__.replace(co_name=function.__code__.co_name)  # equal, but another object
+    copied = types.FunctionType(code, function.__globals__, function.__name__, function.__defaults__,
+                                function.__closure__)
+    copied.__kwdefaults__, copied.__qualname__ = function.__kwdefaults__, function.__qualname__
+    copied.rkbench_own_forward = True
+    model.forward = types.MethodType(copied, model)
+    return model
 
 
 def cpu_compiler() -> str | None:
@@ -106,12 +129,30 @@ class Performance:
             tune_malloc()
 
     def apply_determinism(self) -> None:
+        """CPU: deterministic unless ``deterministic: false``. CUDA: as torch (or the user's code) has
+        it unless set; ``true`` makes it strict (docs/gpu.md): cuDNN deterministic without
+        autotuning, ``use_deterministic_algorithms`` raising (not warning) on an op without a
+        deterministic kernel, and cuBLAS deterministic (``CUBLAS_WORKSPACE_CONFIG``, set at every
+        entry point; set here too in case cuBLAS has not started yet)."""
         if self.deterministic is None and self.device.type != "cpu":
             return  # CUDA by default: as torch (or the user's own code) has it
         wanted = self.device.type == "cpu" if self.deterministic is None else self.deterministic
-        torch.use_deterministic_algorithms(wanted, warn_only=True)
+        strict = wanted and self.device.type == "cuda"
+        if strict:
+            cuda_determinism_env()
+        if self.device.type == "cuda":
+            deterministic_cuda(wanted)
+        torch.use_deterministic_algorithms(wanted, warn_only=not strict)
         if wanted:
             torch.utils.deterministic.fill_uninitialized_memory = False
+
+    def notes(self) -> list[str]:
+        """What a run's log says about the device settings (e.g. what bit-equal resume needs)."""
+        if self.device.type == "cuda" and self.deterministic is not True:
+            return ["note: CUDA without training.deterministic: true: cuDNN and cuBLAS may pick "
+                    "nondeterministic kernels, so a resumed or requeued run need not end bit-equal to "
+                    "an uninterrupted one (docs/gpu.md)"]
+        return []
 
     # -- models --------------------------------------------------------------------------------------
     def place_model(self, model: nn.Module) -> nn.Module:
@@ -122,18 +163,23 @@ class Performance:
 
     @staticmethod
     def release_model(model: nn.Module) -> nn.Module:
-        """Back to the default memory format once training is over (evaluation, saving)."""
+        """Back to the default memory format once training is over (evaluation, saving), and back
+        to the class's own ``forward`` (see ``own_forward``)."""
+        if getattr(model.__dict__.get("forward"), "rkbench_own_forward", False):
+            del model.__dict__["forward"]
         return model.to(memory_format=torch.contiguous_format)
 
-    def runnable(self, model: nn.Module) -> nn.Module:
-        """The module the step calls: the model, or its compiled wrapper (same parameters)."""
-        if not self.compile:
+    def runnable(self, model: nn.Module, eager: bool = False) -> nn.Module:
+        """The module the step calls: the model, or its compiled wrapper (same parameters). ``eager``:
+        the model itself even under ``compile`` (a method that differentiates through a gradient of
+        it: AOTAutograd does not support double backward)."""
+        if not self.compile or eager:
             return model
         if self.device.type == "cpu" and not cpu_compiler():
             # inductor fails only at the first step, deep in a traceback: say it here, in one line
             raise RkbenchError("training.compile on the CPU needs a C++ compiler (g++ or clang++) on PATH, "
                                "or set training.compile: false")
-        return torch.compile(model)
+        return torch.compile(own_forward(model))
 
     # -- data ------------------------------------------------------------------------------------------
     def place_dataset(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,7 +190,7 @@ class Performance:
     def transfer(self, t: torch.Tensor) -> torch.Tensor:
         """A gathered batch (inputs or labels) onto the device. Gathering makes a new, unpinned
         tensor, so the batch itself is pinned: only a copy from pinned memory is non-blocking."""
-        if t.device == self.device:
+        if same_device(t.device, self.device):  # already there (cuda:0 is cuda): pinning it would fail
             return t
         if self.pin_memory and self.device.type == "cuda":
             return t.pin_memory().to(self.device, non_blocking=True)

@@ -8,9 +8,9 @@ The schema has a version of its own, ``record_version``:
   they read as they are;
 - 2: ``record_version`` written;
 - 3: this schema: ``losses`` (the mean total loss per epoch), ``corruptions`` (common corruptions,
-  rkbench/corruptions.py) and the checkpoint-selection fields (``epoch``, ``selected_on``,
-  ``selection``, ``validation_curve``, ``tuning``) added, all optional; files of version 1 and 2
-  read as they are.
+  rkbench/corruptions.py), the checkpoint-selection fields (``epoch``, ``selected_on``,
+  ``selection``, ``validation_curve``, ``tuning``) and the devices (``train_device``,
+  ``eval_device``, ``eval_ieee_fp32``) added, all optional; files of version 1 and 2 read as they are.
 
 A file with a newer version than this rkbench knows, a field of the wrong type or a field the
 schema does not have is not read as a result: one line says which. Nothing here imports torch
@@ -57,6 +57,21 @@ class CorruptionRecord(BaseModel):
     skipped: dict[str, str] = Field(default_factory=dict)  # corruption -> why it could not be made
 
 
+class DeviceInfo(BaseModel):
+    """The device a run trained or was evaluated on (rkbench/device.py ``device_info``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1)  # cpu, cuda, mps
+    name: str | None = None  # the GPU's name (None on the CPU)
+    cuda: str | None = None  # the CUDA version torch runs with (None on the CPU)
+    cudnn: str | None = None  # the cuDNN version (None on the CPU)
+
+    def label(self) -> str:
+        """``cpu``, or ``cuda (NVIDIA A100-SXM4-40GB)``: how reports show it."""
+        return f"{self.type} ({self.name})" if self.name else self.type
+
+
 class RunRecord(BaseModel):
     """What one run (a student distilled with a method, or a teacher) produced."""
 
@@ -78,6 +93,11 @@ class RunRecord(BaseModel):
     protocol: Literal["official", "eval", "train"] | None = None  # the suite's training-attack protocol
     attack_mode: Literal["train", "eval", "free"] | None = None  # the BatchNorm mode examples were crafted in
     versions: dict[str, str] | None = None  # rkbench, torch, python
+    # where it ran (absent in records before version 3): training and evaluation may differ, e.g.
+    # a finished run evaluated again on another machine
+    train_device: DeviceInfo | None = None
+    eval_device: DeviceInfo | None = None
+    eval_ieee_fp32: bool | None = None  # the attacks ran with TF32 off (IEEE float32)
 
     # training
     train_seconds: Seconds | None = None

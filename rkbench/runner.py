@@ -14,6 +14,7 @@ import torch
 
 from . import store
 from .data import TensorDataset, load_dataset
+from .device import device_info
 from .methods import build_method
 from .models import build_model, count_parameters
 from .models.complexity import try_count_madds
@@ -46,10 +47,12 @@ class _Pending:
     method: object
     train_seconds: float | None = None
     error: BaseException | None = None
+    error_traceback: str | None = None  # the formatted traceback (a lock-step student's error keeps no frames)
     loss_terms: list | None = None  # per epoch, the mean of each named loss term (methods that name them)
     losses: list | None = None  # per epoch, the mean total loss
     tensorboard: object | None = None  # its TensorBoardLog while it trains (logging.tensorboard)
     selection: dict = field(default_factory=dict)  # the record's epoch, selected_on, selection, validation_curve
+    train_device: dict | None = None  # where it trained (record.train_device)
 
 
 @dataclass
@@ -89,15 +92,24 @@ class SuiteRunner:
         self.reporter = reporter or Reporter()
         self.retry_failed = retry_failed
         self.teacher_plans, self.runs = expand(suite)
-        self.device = resolve_device(suite.training.device)
+        self._device: torch.device | None = None  # resolved where runs train (see ``device``)
         self._data: TensorDataset | None = None
         # the reporter is looked up at each call: the CLI plugs its own in after planning
-        self.evaluation = SuiteEvaluation(suite, lambda: self.data, self.device,
+        self.evaluation = SuiteEvaluation(suite, lambda: self.data, lambda: self.device,
                                           lambda title: self.reporter.attack_callback(title),
                                           cache_dir=self.results_dir, message=lambda text: self.reporter.message(text))
-        self.teachers = TeacherCache(suite, self.results_dir, lambda: self.data, self.device, self.evaluation,
+        self.teachers = TeacherCache(suite, self.results_dir, lambda: self.data, lambda: self.device, self.evaluation,
                                      lambda text: self.reporter.message(text),
                                      lambda title: self.reporter.epoch_callback(title))
+
+    @property
+    def device(self) -> torch.device:
+        """The device runs train and are evaluated on, resolved on first use, in the process that
+        trains (this one, a worker, or a Slurm job): planning and submitting from a machine without
+        a GPU never resolves it, so ``training.device: cuda`` is checked where it matters."""
+        if self._device is None:
+            self._device = resolve_device(self.suite.training.device)
+        return self._device
 
     @property
     def data(self) -> TensorDataset:
@@ -177,7 +189,8 @@ class SuiteRunner:
                 self._train_group([p for p in group if not p.reuse])
                 for pending in group:
                     run = pending.run
-                    outcome = (self._fail(run, pending.error) if pending.error is not None else self._finish(pending))
+                    outcome = (self._fail(run, pending.error, pending.error_traceback) if pending.error is not None
+                               else self._finish(pending))
                     if pending.tensorboard is not None:  # a failed run: its curves so far stay on disk
                         pending.tensorboard.close()
                     outcomes[run.run_id] = outcome
@@ -249,7 +262,8 @@ class SuiteRunner:
         selection = {k: getattr(record, k) for k in kept if getattr(record, k) is not None} if record else {}
         return _Pending(run, directory, title, reuse, student, teacher, method,
                         record.train_seconds if record else None, loss_terms=record.loss_terms if record else None,
-                        losses=record.losses if record else None, selection=selection)
+                        losses=record.losses if record else None, selection=selection,
+                        train_device=record.train_device.model_dump() if record and record.train_device else None)
 
     def _train_group(self, group: list["_Pending"]) -> None:
         if not group:
@@ -276,12 +290,13 @@ class SuiteRunner:
                 pending.error = exc
             return
         for pending, job in zip(group, jobs):
-            pending.error = job.error
+            pending.error, pending.error_traceback = job.error, job.error_traceback
             if job.error is None:
                 pending.train_seconds = job.result.train_seconds
                 pending.loss_terms = job.result.loss_terms or None
                 pending.losses = job.result.losses or None
                 pending.selection = selection_fields(job.result, first.run.training.checkpoint, score)
+                pending.train_device = device_info(self.device)
                 self._save_student(pending)
 
     def _save_student(self, pending: "_Pending") -> None:
@@ -304,6 +319,7 @@ class SuiteRunner:
         if not self.tests:  # a tuning trial: its score is on the validation split, the test split stays unread
             write_record(directory, RunRecord(**self._described(run), status="finished",
                                               train_seconds=pending.train_seconds, **pending.selection,
+                                              train_device=pending.train_device,
                                               loss_terms=pending.loss_terms or None, losses=pending.losses or None,
                                               parameters=count_parameters(student)))
             (directory / store.CHECKPOINT).unlink(missing_ok=True)
@@ -314,6 +330,7 @@ class SuiteRunner:
             record = RunRecord(
                 **self._described(run), status="finished", train_seconds=pending.train_seconds,
                 loss_terms=pending.loss_terms or None, losses=pending.losses or None, **pending.selection,
+                train_device=pending.train_device,
                 parameters=count_parameters(student), madds=try_count_madds(student, self.data.input_shape),
                 diagnostics=self.diagnostics(run, student), **self.evaluation.record_fields(result, sources))
             write_record(directory, record)
@@ -362,13 +379,13 @@ class SuiteRunner:
         tuning = {"tuning": run.method.tuning} if run.method.tuning else {}
         return {**run.describe(), "model": run.student.model, "versions": versions(), **tuning}
 
-    def _fail(self, run: RunSpec, exc: BaseException) -> RunOutcome:
+    def _fail(self, run: RunSpec, exc: BaseException, details: str | None = None) -> RunOutcome:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise exc
         directory = store.run_dir(self.results_dir, run.run_id)
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         try:
-            store.append_log(directory / store.LOG, "".join(traceback.format_exception(exc)))
+            store.append_log(directory / store.LOG, details or "".join(traceback.format_exception(exc)))
             write_record(directory, RunRecord(**self._described(run), status="failed", error=reason))
         except OSError as error:  # a full or read-only disk: no record (a rerun runs it again), one line
             reason += f" (its failed record not written either: {error.strerror or error}; a rerun runs it again)"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,9 +22,22 @@ import torch
 from . import store
 from .attacks import ATTACKS, build_attack
 from .data import TensorDataset
+from .device import device_info
 from .evaluator import CLEAN, EvalResult, evaluate, reusable_previous, save_per_example
 from .record import RunRecord, current_record
 from .suite import Suite
+
+
+PROGRESS = "per_example.json"  # beside per_example.npz: whose arrays they are (weights, attacks)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of a model's state (names and values): the arrays on disk belong to these weights."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -50,17 +64,23 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
+
 class SuiteEvaluation:
-    def __init__(self, suite: Suite, data: Callable[[], TensorDataset], device: torch.device,
+    def __init__(self, suite: Suite, data: Callable[[], TensorDataset],
+                 device: torch.device | Callable[[], torch.device],
                  on_attack: Callable[[str], Callable | None] = lambda title: None, cache_dir: Path | None = None,
                  message: Callable[[str], None] = lambda text: None):
         self.suite = suite
         self._data = data  # the suite's dataset, loaded on first use
-        self.device = device
+        self._device = device  # a device, or a function resolving it on first use
         self.on_attack = on_attack  # title -> the reporter's attack progress callback
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None  # the corrupted set is cached here
         self.message = message
         self._corrupted = None
+
+    @property
+    def device(self) -> torch.device:
+        return self._device() if callable(self._device) else self._device
 
     def count(self) -> int:
         """How many test examples the evaluation uses (without copying them anywhere)."""
@@ -156,23 +176,42 @@ class SuiteEvaluation:
     def run(self, model: torch.nn.Module, directory: Path, title: str, seed: int,
             sources: Sources = no_sources) -> EvalResult:
         """Evaluate ``model``, reusing the per-example arrays of attacks already run on it with the same
-        configuration; the arrays are saved in ``directory``."""
+        configuration. The arrays are saved in ``directory`` after each attack, with ``PROGRESS``
+        naming the weights and attack configurations they hold: killed (a Slurm time limit), the
+        evaluation resumes at the next attack. The log says when the GPU ran out of memory."""
         x, y = self.examples()
         evaluation = self.suite.evaluation
+        model = model.to(self.device)
+        digest = weights_digest(model)
         record = current_record(directory)
+        progress = store.read_json_or_none(directory / PROGRESS)
+        if progress is not None and progress.get("weights") == digest:
+            known = progress  # the arrays of this very model, saved after each attack
+        else:
+            known = record.model_dump(mode="json") if record else None
         configs = self.attack_configs(sources)
-        previous = reusable_previous(directory / store.PER_EXAMPLE, record.model_dump(mode="json") if record else None,
-                                     self.threat(), configs)
+        previous = reusable_previous(directory / store.PER_EXAMPLE, known, self.threat(), configs)
         attacks = self.attacks(sources)
         for label, attack in attacks.items():
             if attack.needs_source_model and (previous is None or label not in previous.evaluated
                                               or not previous.evaluated[label].all()):
                 attack.use(self.crafted(attack, configs[label], sources(attack.source), x, y))
+
+        def save(result: EvalResult) -> None:
+            save_per_example(directory / store.PER_EXAMPLE, result)
+            store.write_json(directory / PROGRESS, {"weights": digest, "threat": self.threat(),
+                                                    "attacks": {label: configs[label] for label in configs
+                                                                if label in result.evaluated}})
+
+        def log(line: str) -> None:
+            store.append_log(directory / store.LOG, line)
+            print(f"{title}: {line}", file=sys.stderr)
+
         torch.manual_seed(seed)  # attacks that draw from torch's global stream: the same in every process
-        result = evaluate(model.to(self.device), x, y, attacks, evaluation.batch_size, previous=previous,
+        result = evaluate(model, x, y, attacks, evaluation.batch_size, previous=previous,
                           exact=[a.label for a in self.specs(sources) if a.exact], cascade=evaluation.cascade,
-                          on_attack=self.on_attack(title))
-        save_per_example(directory / store.PER_EXAMPLE, result)
+                          on_attack=self.on_attack(title), on_attack_done=save, log=log)
+        save(result)
         result.corruptions = self.corruption_record(model, record)
         return result
 
@@ -209,4 +248,5 @@ class SuiteEvaluation:
                 "worst_case_accuracy": float(worst.mean()),
                 "attack_seconds": {label: round(result.seconds.get(label, 0.0), 3) for label in labels},
                 "attacks": self.attack_configs(sources), "cascade": self.suite.evaluation.cascade,
-                "flags": result.flags, "threat": self.threat(), "corruptions": result.corruptions}
+                "flags": result.flags, "threat": self.threat(), "corruptions": result.corruptions,
+                "eval_device": device_info(self.device), "eval_ieee_fp32": result.ieee_fp32}

@@ -15,6 +15,7 @@ import torch
 
 from . import store
 from .data import TensorDataset
+from .device import device_info
 from .methods import build_method
 from .errors import RkbenchError
 from .models import build_model, count_parameters
@@ -28,17 +29,22 @@ from .weights import fit_weights, load_state_dict, model_config, save_model
 
 
 class TeacherCache:
-    def __init__(self, suite: Suite, results_dir: Path, data: Callable[[], TensorDataset], device: torch.device,
+    def __init__(self, suite: Suite, results_dir: Path, data: Callable[[], TensorDataset],
+                 device: torch.device | Callable[[], torch.device],
                  evaluation: SuiteEvaluation, message: Callable[[str], None] = lambda text: None,
                  on_epoch: Callable[[str], Callable | None] = lambda title: None):
         self.suite = suite
         self.results_dir = Path(results_dir)
         self._data = data
-        self.device = device
+        self._device = device  # a device, or a function resolving it on first use
         self.evaluation = evaluation
         self.message = message
         self.on_epoch = on_epoch  # title -> the reporter's epoch progress callback
         self._loaded: dict[str, torch.nn.Module] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self._device() if callable(self._device) else self._device
 
     def directory(self, plan: TeacherPlan) -> Path:
         return store.teacher_dir(self.results_dir, plan.teacher_id)
@@ -88,6 +94,7 @@ class TeacherCache:
         if source.trains and weights is not None:
             model = source.restore(params, context, weights)
             train_seconds = record.train_seconds if record else None
+            train_device = record.train_device.model_dump() if record and record.train_device else None
         else:
             started = time.perf_counter()
             store.write_json(directory / store.CONFIG, {"teacher": plan.spec.name, "identity": plan.identity})
@@ -96,6 +103,7 @@ class TeacherCache:
                 context.train = self._trainer_for(plan)
             model = source.build(params, context)
             train_seconds = time.perf_counter() - started if source.trains else None
+            train_device = device_info(self.device) if source.trains else None
             if source.trains:
                 self._save(model, source.model_spec(params), data, directory)
                 (directory / store.CHECKPOINT).unlink(missing_ok=True)
@@ -109,7 +117,7 @@ class TeacherCache:
             write_record(directory, RunRecord(
                 run_id=plan.teacher_id, status="finished", teacher=plan.spec.name, source=plan.spec.source,
                 model=source.model_label(params), **protocol, parameters=count_parameters(model),
-                train_seconds=train_seconds, madds=try_count_madds(model, data.input_shape),
+                train_seconds=train_seconds, train_device=train_device, madds=try_count_madds(model, data.input_shape),
                 **self.evaluation.record_fields(result, sources)))
         self._loaded[plan.teacher_id] = model
         return model

@@ -12,6 +12,7 @@ import math
 import sys
 import time
 import warnings
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch import nn
 
 from .data import TensorDataset
 from .data.augment import augment
+from .device import on_cpu
 from .errors import RkbenchError
 from .methods import Batch, Method, total_loss
 from .methods.base import model_mode
@@ -65,6 +67,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def without_frames(exc: BaseException) -> tuple[BaseException, str]:
+    """``exc`` with the traceback of it and of its causes dropped, and that traceback as text. A
+    stored exception keeps every frame of its traceback alive, and with them the failed step's graph
+    and activations: the next students of a lock-step group would run out of memory too."""
+    text = "".join(traceback.format_exception(exc))
+    seen, current = set(), exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+    return exc, text
+
+
 def make_optimizer(model: nn.Module, config) -> torch.optim.Optimizer:
     opt = config.optimizer
     if opt.name == "sgd":
@@ -105,7 +120,8 @@ class TrainJob:
     # config.selection.every epochs; with config.checkpoint == "best" the best epoch's weights are kept
     validate: Callable[[nn.Module], dict[str, float]] | None = None
     # filled while training
-    error: BaseException | None = None
+    error: BaseException | None = None  # without its traceback frames (see ``without_frames``)
+    error_traceback: str | None = None  # the formatted traceback of ``error``
     result: TrainResult | None = None
 
 
@@ -116,7 +132,11 @@ class _JobState:
         self.job, self.log = job, job.log or (lambda line: None)
         job.method.prepare(job.student, teacher)
         performance.place_model(job.student)
-        self.runnable = performance.runnable(job.student)  # what the method calls (maybe compiled)
+        # what the method calls (maybe compiled; eager for a double backward through the student)
+        self.runnable = performance.runnable(job.student, eager=job.method.double_backward)
+        if performance.compile and job.method.double_backward:
+            self.log(f"compile: {type(job.method).__name__} differentiates through the student's input "
+                     f"gradient (double backward): the student runs eagerly, the teacher compiled")
         self.optimizer = make_optimizer(job.student, config)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.losses: list[float] = []
@@ -223,7 +243,7 @@ class _JobState:
                  "method_state": job.method.state() if hasattr(job.method, "state") else None,
                  "losses": self.losses, "loss_terms": self.loss_terms, "train_seconds": self.train_seconds,
                  "stopped": self.stopped, "curve": self.curve, "best": self.best}
-        atomic_write(self.checkpoint, lambda h: torch.save(state, h), mode="wb")
+        atomic_write(self.checkpoint, lambda h: torch.save(on_cpu(state), h), mode="wb")
 
 
 class Trainer:
@@ -246,6 +266,7 @@ class Trainer:
         job = TrainJob(student, method, seed, self.work_dir, self.log, self.on_epoch, self.on_epoch_end)
         self.fit_many([job], data, teacher)
         if job.error is not None:
+            job.error.add_note(f"the failed step's traceback:\n{job.error_traceback}")
             raise job.error
         return job.result
 
@@ -288,9 +309,11 @@ class Trainer:
         runnable_teacher = performance.runnable(teacher) if teacher is not None and not group else None
         epochs = self.epochs_for(first.method)
         states = [_JobState(job, config, performance, teacher, epochs) for job in jobs]
-        if performance.describe():
-            for state in states:
+        for state in states:
+            if performance.describe():
                 state.log(f"speed options: {performance.describe()}")
+            for note in performance.notes():
+                state.log(note)
         x_train, y_train, held = data.x_train, data.y_train, None
         if holdout:  # a fixed seeded draw of training examples, never trained on, for end_epoch
             if holdout >= x_train.shape[0]:
@@ -342,7 +365,7 @@ class Trainer:
                     try:
                         self._replays(state, batch, step, steps_per_epoch, epochs, performance)
                     except Exception as exc:  # this student fails; the others go on
-                        state.job.error = exc
+                        state.job.error, state.job.error_traceback = without_frames(exc)
                     state.epoch_seconds += shared + time.perf_counter() - started
                 step += replays
             for state in active:

@@ -228,7 +228,7 @@ def test_csv_columns_are_stable_and_json_has_a_schema(dirs, tmp_path):
                       "aa_std", "aa_lo", "aa_hi", "pgd20", "pgd20_std", "pgd20_lo", "pgd20_hi", "worst_case",
                       "worst_case_std", "worst_case_lo", "worst_case_hi", "worst_class", "worst_class_std",
                       "teacher_clean", "teacher_worst_case", "transfer_ratio", "delta_at", "train_s", "params",
-                      "madds", "protocol", "flags", "status", "cascade", "seed_list", "run_id"]
+                      "madds", "protocol", "device", "flags", "status", "cascade", "seed_list", "run_id"]
     csv = pd.read_csv(out)
     ard = row(csv, method="ard", student="mlp")
     assert ard["worst_case_std"] == pytest.approx(2.0)
@@ -242,7 +242,7 @@ def test_csv_columns_are_stable_and_json_has_a_schema(dirs, tmp_path):
                                                "pgd20,pgd20_lo,pgd20_hi,worst_case,worst_case_lo,worst_case_hi,"
                                                "worst_class,")
     document = json.loads(CliRunner().invoke(main, ["report", str(a), "--format", "json"]).stdout)
-    assert document["schema_version"] == 3 and document["view"] == "aggregated"
+    assert document["schema_version"] == 4 and document["view"] == "aggregated"
     assert document["columns"] == header and len(document["rows"]) == 6
     ard = next(r for r in document["rows"] if r["method"] == "ard" and r["student"] == "mlp")
     assert ard["worst_case"] == 62.0 and ard["aa"] is None and ard["seeds"] == 3

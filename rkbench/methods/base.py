@@ -73,6 +73,9 @@ class Method(ABC):
     teacher_roles: tuple[str, ...] = ()
     replays: int = 1  # the "free" family replays each batch m times (epochs are divided by m)
     holdout: int = 0  # training examples the trainer withholds from training and hands to end_epoch
+    # the loss differentiates through a gradient of the student (double backward, e.g. an input-gradient
+    # penalty): under ``training.compile`` the student then runs eagerly (AOTAutograd has no double backward)
+    double_backward: bool = False
     # The student's BatchNorm mode while the method crafts training examples in its official code:
     # "train" or "eval" (with ``official_attack_mode_source``, the file and line that show it), FREE for
     # the "free" family (crafting is the training pass itself: exempt from the protocol), None: crafts none.

@@ -52,6 +52,7 @@ class KDIGA(Method):
     Params = KDIGAParams
     uses_teacher = True
     needs_teacher_logits = False  # the loss runs the teacher itself, with input gradients
+    double_backward = True  # G_S with create_graph: under training.compile the student runs eagerly
 
     def loss(self, student, batch):
         p, x, y = self.params, batch.x, batch.y

@@ -32,6 +32,11 @@ training examples were crafted (train, eval, ``n/a (free)`` for the exempt free 
 a method that crafts none). A table whose rows come from more than one protocol flags every row
 ``!mixed_protocols``.
 
+``device`` is where a run was evaluated (and trained, when that differs): ``cpu``, or
+``cuda (<GPU name>)``, `` tf32`` appended when its attacks ran with TF32 on; ``?`` for results
+written before records named the device. A table whose rows come from more than one known device
+flags every row ``!mixed_devices`` (robust accuracies may differ in the last digits between devices).
+
 Columns whose name starts with ``_`` are internal (grouping keys) and never written.
 """
 from __future__ import annotations
@@ -52,12 +57,14 @@ from .examples import class_counts, correctness, read_arrays
 from .seeds import mean_interval
 from .stats import wilson
 
-SCHEMA_VERSION = 3  # 3: the protocol and attack_mode columns
+SCHEMA_VERSION = 4  # 3: the protocol and attack_mode columns; 4: the device column
 ID_COLUMNS = ["teacher", "student", "method"]
 PROTOCOL_UNKNOWN = "?"  # results written before training-attack protocols existed
 MIXED_PROTOCOLS = "mixed_protocols"
 UNEQUAL_BUDGET = "unequal_budget"
 TEACHER_TRANSFER = "teacher_transfer"
+DEVICE_UNKNOWN = "?"  # results written before records named the device
+MIXED_DEVICES = "mixed_devices"
 NO_TEACHER = "-"
 AT_METHOD = "at"  # the baseline of delta_at: the same student trained with plain adversarial training
 # metrics.json "diagnostics" key -> (column, scale): agreement and accuracies in %, as everywhere
@@ -75,6 +82,7 @@ FLAG_HELP = {
                       "PGD-20 (the student inherits its teacher's adversarial directions)",
     MIXED_PROTOCOLS: "the table mixes training-attack protocols (column protocol): rows differ in the BatchNorm "
                      "mode their training examples were crafted in, not only in method",
+    MIXED_DEVICES: "the table mixes devices (column device): accuracies measured on different hardware",
 }
 
 
@@ -225,6 +233,36 @@ def _mark_mixed_protocols(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def device_label(record: RunRecord) -> str:
+    """The ``device`` cell of a run: where it was evaluated, and trained when that differs."""
+    if record.eval_device is None:
+        return DEVICE_UNKNOWN
+    label = record.eval_device.label()
+    if record.eval_ieee_fp32 is False:
+        label += " tf32"
+    if record.train_device is not None and record.train_device.label() != record.eval_device.label():
+        label = f"train {record.train_device.label()}, eval {label}"
+    return label
+
+
+def devices(frame: pd.DataFrame) -> list[str]:
+    """The known devices of the rows of a frame, sorted (an aggregated row may list several, ``; ``)."""
+    if "device" not in frame.columns:
+        return []
+    found = {part for cell in frame["device"].dropna().astype(str) for part in cell.split("; ")}
+    return sorted(found - {DEVICE_UNKNOWN})
+
+
+def _mark_mixed_devices(frame: pd.DataFrame) -> pd.DataFrame:
+    """``!mixed_devices`` on every row when the rows come from more than one known device."""
+    found = devices(frame)
+    if len(found) > 1:
+        flag = (MIXED_DEVICES, f"devices in this table: {'; '.join(found)}")
+        frame["flags"] = [f"{text} !{MIXED_DEVICES}".strip() for text in frame["flags"].fillna("")]
+        frame["_flags"] = [[*flags, flag] for flags in frame["_flags"]]
+    return frame
+
+
 def run_row(record: RunRecord, config: dict | None, source: Path, attacks: list[str], diagnostics: list[str]) -> dict:
     """A run's row of the results frame: its record, its identity (config.json) and derived columns."""
     identity = (config or {}).get("identity") or {}
@@ -252,6 +290,7 @@ def run_row(record: RunRecord, config: dict | None, source: Path, attacks: list[
     row["status"] = f"failed: {record.error}" if failed else record.status
     row["cascade"] = " ".join(cascade)
     row["run_id"] = record.run_id
+    row["device"] = device_label(record)
     row["_flags"] = [(flag.code, flag.detail) for flag in record.flags or []]
     transfer = teacher_transfer_flag(record)
     if transfer is not None:
@@ -428,7 +467,7 @@ def _columns(results: Results, view: str) -> list[str]:
         return (head + ["seed"] + metrics + ["worst_class", "teacher_clean", "teacher_worst_case", "transfer_ratio",
                                              "delta_at", "train_s", "params", "madds"]
                 + list(results.diagnostics) + selection_columns(results)
-                + ["protocol", "flags", "status", "cascade", "run_id"])
+                + ["protocol", "device", "flags", "status", "cascade", "run_id"])
     columns = head + ["seeds"]
     for metric in ["clean", *results.attacks, "worst_case"]:
         columns += [metric, f"{metric}_std", f"{metric}_lo", f"{metric}_hi"]
@@ -436,7 +475,8 @@ def _columns(results: Results, view: str) -> list[str]:
     columns += ["teacher_clean", "teacher_worst_case", "transfer_ratio", "delta_at", "train_s", "params", "madds"]
     for metric in results.diagnostics:
         columns += [metric, f"{metric}_std"]
-    return columns + selection_columns(results) + ["protocol", "flags", "status", "cascade", "seed_list", "run_id"]
+    return columns + selection_columns(results) + ["protocol", "device", "flags", "status", "cascade", "seed_list",
+                                                       "run_id"]
 
 
 def selection_columns(results: Results) -> list[str]:
@@ -468,7 +508,7 @@ def per_seed_frame(results: Results) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame(columns=_columns(results, "per_seed"))
     frame["flags"] = [flag_markers([flags]) for flags in frame["_flags"]]
-    frame = _mark_mixed_protocols(frame)
+    frame = _mark_mixed_devices(_mark_mixed_protocols(frame))
     frame = frame.sort_values(["student", "teacher", "method", "seed"], kind="stable")
     columns = _columns(results, "per_seed")
     return frame.reindex(columns=columns + INTERNAL).reset_index(drop=True)
@@ -514,8 +554,9 @@ def aggregate_frame(results: Results) -> pd.DataFrame:
         row["trials"] = group["trials"].astype(float).max()  # seeds of one configuration share their tuning
         row["hyperparameters"] = first["hyperparameters"]
         row["run_id"] = " ".join(group.sort_values("seed")["run_id"])
+        row["device"] = "; ".join(dict.fromkeys(group["device"].astype(str)))
         rows.append(row)
-    out = _mark_mixed_protocols(pd.DataFrame(rows))
+    out = _mark_mixed_devices(_mark_mixed_protocols(pd.DataFrame(rows)))
     out = out.sort_values(["student", "teacher", "method"], kind="stable")
     return out.reindex(columns=columns + INTERNAL).reset_index(drop=True)
 

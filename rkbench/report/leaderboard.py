@@ -10,7 +10,7 @@ from ..errors import RkbenchError
 from ..store import holds_results, write_text
 from .classes import per_class_frame
 from .corruptions import per_corruption_frame
-from .frame import Results, aggregate_frame, collect, per_seed_frame, protocols, public
+from .frame import Results, aggregate_frame, collect, devices, per_seed_frame, protocols, public
 from .paired import compare_frame, resolve, with_baseline
 from .paper import DEFAULT_TOLERANCE, against_paper, legend
 from .query import apply_sort, leaderboard, parse_sort
@@ -54,8 +54,9 @@ def render(frame: pd.DataFrame, fmt: str, teachers: pd.DataFrame | None = None, 
     if fmt == "csv":
         return to_csv(frame)
     if fmt == "json":
-        found = protocols(frame)
-        return to_json(frame, teachers, {**(meta or {}), "protocols": found, "mixed_protocols": len(found) > 1})
+        found, on = protocols(frame), devices(frame)
+        return to_json(frame, teachers, {**(meta or {}), "protocols": found, "mixed_protocols": len(found) > 1,
+                                         "devices": on, "mixed_devices": len(on) > 1})
     if fmt == "html":
         from .html import to_html
 

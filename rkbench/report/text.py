@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .frame import FLAG_HELP, PROTOCOL_UNKNOWN, SCHEMA_VERSION, protocols, public
+from .frame import FLAG_HELP, PROTOCOL_UNKNOWN, SCHEMA_VERSION, devices, protocols, public
 from .seeds import describe
 
 # how numbers are shown (Markdown, HTML, the console); CSV and JSON keep full numbers, rounded
@@ -159,7 +159,22 @@ def flag_legend(frame: pd.DataFrame) -> str:
 
 
 def protocol_note(frame: pd.DataFrame) -> str:
-    """One line naming the training-attack protocol of the table's rows, or saying that they mix protocols."""
+    """One line naming the training-attack protocol of the table's rows, or saying that they mix
+    protocols; and a second one naming their device, or saying that they mix devices (none when no
+    row's record names its device)."""
+    return "\n\n".join(note for note in (_protocol_line(frame), device_note(frame)) if note)
+
+
+def device_note(frame: pd.DataFrame) -> str:
+    found = devices(frame)
+    if not found:
+        return ""
+    if len(found) == 1:
+        return f"Device: {found[0]}."
+    return f"MIXED devices: {'; '.join(found)} (column device); accuracies measured on different hardware."
+
+
+def _protocol_line(frame: pd.DataFrame) -> str:
     found = protocols(frame)
     if not found:
         return ""
@@ -172,9 +187,12 @@ def protocol_note(frame: pd.DataFrame) -> str:
 
 
 def without_uniform_protocol(frame: pd.DataFrame) -> pd.DataFrame:
-    """Tables with a note line drop the protocol column when every row has the same protocol."""
+    """Tables with a note line drop the protocol column when every row has the same protocol, and
+    the device column when the rows do not mix devices."""
     if "protocol" in frame.columns and len(protocols(frame)) <= 1:
-        return frame.drop(columns=["protocol"])
+        frame = frame.drop(columns=["protocol"])
+    if "device" in frame.columns and len(devices(frame)) <= 1:
+        frame = frame.drop(columns=["device"])
     return frame
 
 
