@@ -78,7 +78,7 @@ def save_model(model: nn.Module, path: Path, config: dict) -> None:
     Every tensor is copied contiguous (tied weights are saved once per name, loaded strictly)."""
     from safetensors.torch import save
 
-    tensors = {name: value.detach().to("cpu").contiguous().clone() for name, value in model.state_dict().items()}
+    tensors = {name: value.detach().cpu().contiguous().clone() for name, value in model.state_dict().items()}
     data = save(tensors, metadata={"format": "pt", METADATA_KEY: json.dumps(config, sort_keys=True)})
     atomic_write(Path(path), lambda handle: handle.write(data), mode="wb")
 

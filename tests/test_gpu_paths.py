@@ -481,7 +481,7 @@ def test_a_requeued_evaluation_resumes_at_the_next_attack(tmp_path, monkeypatch)
     real_attacks = evaluation.attacks
 
     def counted(kill=None):
-        return lambda: {label: Counted(attack, label, calls, kill) for label, attack in real_attacks().items()}
+        return lambda *sources: {label: Counted(attack, label, calls, kill) for label, attack in real_attacks().items()}
 
     first = tmp_path / "first"
     monkeypatch.setattr(evaluation, "attacks", counted(kill="pgd4"))
@@ -517,15 +517,27 @@ def test_weights_and_checkpoints_are_saved_with_cpu_tensors(tmp_path, monkeypatc
         saved.append([t.device.type for t in tensors_in(obj)])
         return real_save(obj, handle, *args, **kwargs)
 
+    import safetensors.torch
+
+    real_safetensors_save = safetensors.torch.save
+
+    def safetensors_spy(tensors, *args, **kwargs):  # model.safetensors of students and teachers
+        saved.append([t.device.type for t in tensors.values()])
+        return real_safetensors_save(tensors, *args, **kwargs)
+
     monkeypatch.setattr(torch.nn.Module, "state_dict", gpu_state_dict)
     monkeypatch.setattr(torch, "save", spy)
+    monkeypatch.setattr(safetensors.torch, "save", safetensors_spy)
     suite = tiny_run_suite(teachers=[{"name": "t", "source": "train", "model": "cnn_tiny", "method": "natural",
                                       "training": {"epochs": 1}}], methods={"kd": {}})
     outcome = run_suite(suite, tmp_path)
     assert [o.status for o in outcome.outcomes] == ["finished"], outcome.outcomes
-    assert len(saved) >= 4  # checkpoints, teacher.pt, student.pt
+    assert len(saved) >= 4  # checkpoints (torch), the teacher's and the student's model.safetensors
     assert all(kind == "cpu" for devices in saved for kind in devices)
-    assert torch.load(next(tmp_path.rglob("student.pt")), weights_only=True)  # no map_location needed
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"w": torch.zeros(1)}, checkpoint)
+    assert torch.load(checkpoint, weights_only=True)  # no map_location needed
+    assert safetensors.torch.load_file(next(tmp_path.rglob("runs/*/model.safetensors")))
 
 
 # -- 10. the GPU check script --------------------------------------------------------------------------
