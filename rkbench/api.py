@@ -225,8 +225,9 @@ def _check_attack(spec: AttackSpec) -> None:
         raise ConfigError(f"--attacks: {exc}") from None
 
 
-def check_executor(suite: Suite, source: str = "suite", warn=None):
-    """The executor the suite names (``executor.name``), or one did-you-mean line. A Slurm suite
+def check_executor(suite: Suite, source: str = "suite", warn=None, submit: bool = False):
+    """The executor the suite names (``executor.name``), or one did-you-mean line. With ``submit``,
+    one line when this machine cannot start its work (no sbatch), before any warning. A Slurm suite
     whose jobs request no GPU (``gpus_per_job: 0``) is refused with ``training.device: cuda`` (the
     jobs would see none) and gets one warning line through ``warn`` with ``device: auto`` (its jobs
     train on the CPU)."""
@@ -236,6 +237,8 @@ def check_executor(suite: Suite, source: str = "suite", warn=None):
         executor = build_executor(suite.executor)
     except RkbenchError as exc:
         raise ConfigError(f"{source}: executor.name: {exc}") from None
+    if submit:
+        executor.check_submit()
     problem = gpu_request_problem(suite)
     if problem and suite.training.device == "cuda":
         raise ConfigError(f"{source}: {problem}")

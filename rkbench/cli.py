@@ -104,7 +104,7 @@ def run(suite_file, results_dir, overrides, dry_run, retry_failed, quiet, execut
     if tensorboard:
         overrides.append("logging.tensorboard=true")
     suite = load_suite(suite_file, overrides)
-    check_executor(suite, str(suite_file), warn=lambda line: click.echo(line, err=True))
+    check_executor(suite, str(suite_file), warn=lambda line: click.echo(line, err=True), submit=not dry_run)
     runner = SuiteRunner(suite, results_dir, retry_failed=retry_failed)
     if dry_run:
         print_plan(suite, runner.teacher_plans, runner.runs, runner.results_dir)

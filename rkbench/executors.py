@@ -55,6 +55,9 @@ class Executor(ABC):
     def run(self, runner: "SuiteRunner") -> "SuiteOutcome":
         """Teachers first, then the pending runs; returns the outcome of every run."""
 
+    def check_submit(self) -> None:
+        """Raise ``RkbenchError`` (one line) when this machine cannot start the executor's work."""
+
 
 EXECUTORS: Registry[type[Executor]] = Registry("executor", base=Executor)
 
@@ -424,15 +427,18 @@ def watch_without_sacct(say) -> None:
                     "depending on them (partition, timeout_min, gpus_per_job, array_parallelism, runs_per_job)",
                     source="submitit")
 class SlurmExecutor(Executor):
+    def check_submit(self) -> None:
+        if self.config.cluster == "slurm" and shutil.which("sbatch") is None:
+            raise RkbenchError("--executor slurm: no sbatch on this machine (run from a Slurm login node; "
+                               "executor.cluster=local runs the same jobs as local processes)")
+
     def executor(self, runner):
         try:
             import submitit
         except ImportError:
             raise RkbenchError("--executor slurm needs submitit: pip install submitit") from None
         config = self.config
-        if config.cluster == "slurm" and shutil.which("sbatch") is None:
-            raise RkbenchError("--executor slurm: no sbatch on this machine (run from a Slurm login node; "
-                               "executor.cluster=local runs the same jobs as local processes)")
+        self.check_submit()
         executor = submitit.AutoExecutor(folder=self.folder(runner) / "%j", cluster=config.cluster,
                                          slurm_max_num_timeout=config.max_requeues)
         parameters = {"timeout_min": config.timeout_min, "gpus_per_node": config.gpus_per_job,
