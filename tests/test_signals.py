@@ -43,8 +43,11 @@ def start(tmp_path: Path, workers: int) -> tuple[subprocess.Popen, Path, dict]:
     command = [sys.executable, "-m", "rkbench.cli", "run", str(suite_file), "--results-dir", str(results), "--quiet",
                "--workers", str(workers)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # as a terminal's foreground job: SIGINT at its default (a shell running pytest in the background,
+    # as CI may, ignores SIGINT, and an ignored SIGINT is inherited and rightly respected)
     process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+                               stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     runs = {run.method.label: results / "runs" / run.run_id for run in expand(suite_from_dict(SUITE))[1]}
     return process, results, runs
 
