@@ -215,9 +215,8 @@ def _mark_unequal_budgets(frame: pd.DataFrame) -> pd.DataFrame:
         return frame
     budgets = sorted(set(frame["trials"].fillna(0).astype(int)))
     if len(budgets) > 1:
-        flag = (UNEQUAL_BUDGET, f"tuning trials per method in this table: {', '.join(map(str, budgets))}")
-        frame["flags"] = [f"{text} !{UNEQUAL_BUDGET}".strip() for text in frame["flags"].fillna("")]
-        frame["_flags"] = [[*flags, flag] for flags in frame["_flags"]]
+        _flag_every_row(frame, UNEQUAL_BUDGET, f"tuning trials per method in this table: "
+                                               f"{', '.join(map(str, budgets))}")
     return frame
 
 
@@ -227,10 +226,14 @@ def _mark_mixed_protocols(frame: pd.DataFrame) -> pd.DataFrame:
     frame = _mark_unequal_budgets(frame)
     found = protocols(frame)
     if len(found) > 1:
-        flag = (MIXED_PROTOCOLS, f"protocols in this table: {', '.join(found)}")
-        frame["flags"] = [f"{text} !{MIXED_PROTOCOLS}".strip() for text in frame["flags"].fillna("")]
-        frame["_flags"] = [[*flags, flag] for flags in frame["_flags"]]
+        _flag_every_row(frame, MIXED_PROTOCOLS, f"protocols in this table: {', '.join(found)}")
     return frame
+
+
+def _flag_every_row(frame: pd.DataFrame, code: str, detail: str) -> None:
+    """A table-wide flag: ``!code`` in every row's flags, with its detail."""
+    frame["flags"] = [f"{text} !{code}".strip() for text in frame["flags"].fillna("")]
+    frame["_flags"] = [[*flags, (code, detail)] for flags in frame["_flags"]]
 
 
 def device_label(record: RunRecord) -> str:
@@ -257,9 +260,7 @@ def _mark_mixed_devices(frame: pd.DataFrame) -> pd.DataFrame:
     """``!mixed_devices`` on every row when the rows come from more than one known device."""
     found = devices(frame)
     if len(found) > 1:
-        flag = (MIXED_DEVICES, f"devices in this table: {'; '.join(found)}")
-        frame["flags"] = [f"{text} !{MIXED_DEVICES}".strip() for text in frame["flags"].fillna("")]
-        frame["_flags"] = [[*flags, flag] for flags in frame["_flags"]]
+        _flag_every_row(frame, MIXED_DEVICES, f"devices in this table: {'; '.join(found)}")
     return frame
 
 
