@@ -182,3 +182,18 @@ settings.register_profile("ci", max_examples=60, derandomize=True, deadline=None
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("large", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def invoke_cli(*args):
+    """``rkbench ARGS`` in process (click's runner), with torch's global thread count and
+    determinism put back afterwards: a run in process sets both for itself."""
+    from click.testing import CliRunner
+
+    from rkbench.cli import main
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        return CliRunner().invoke(main, [str(arg) for arg in args])
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import invoke_cli
 from click.testing import CliRunner
 
 from rkbench.cli import main
@@ -275,12 +276,7 @@ RESULTS_SUITE = {
 
 
 def cli_run(suite_file: Path, results: Path, *extra: str):
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    try:
-        return invoke("run", suite_file, "--results-dir", results, "--quiet", *extra)
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+    return invoke_cli("run", suite_file, "--results-dir", results, "--quiet", *extra)
 
 
 @pytest.fixture(scope="module")

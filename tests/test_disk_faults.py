@@ -8,12 +8,10 @@ import json
 import os
 
 import pytest
-import torch
+from conftest import invoke_cli
 import yaml
-from click.testing import CliRunner
 
 from rkbench import runner as runner_module
-from rkbench.cli import main
 from rkbench.suite import expand, suite_from_dict
 
 SUITE = {
@@ -36,12 +34,7 @@ def suite_file(tmp_path):
 
 
 def run(suite_file, results):
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    try:
-        return CliRunner().invoke(main, ["run", str(suite_file), "--results-dir", str(results), "--quiet"])
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+    return invoke_cli("run", suite_file, "--results-dir", results, "--quiet")
 
 
 def test_an_unwritable_results_directory_is_one_line_before_any_training(suite_file, tmp_path, monkeypatch):

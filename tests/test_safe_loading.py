@@ -5,12 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import invoke_cli
 import torch
 from safetensors.torch import load_file
 import yaml
-from click.testing import CliRunner
 
-from rkbench.cli import main
 from rkbench.suite import expand, suite_from_dict
 
 from test_runs_survive import TIMING  # the metrics allowed to differ between two executions
@@ -52,12 +51,7 @@ def run_id():
 
 
 def run_suite(suite_file: Path, results: Path):
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    try:
-        return CliRunner().invoke(main, ["run", str(suite_file), "--results-dir", str(results), "--quiet"])
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+    return invoke_cli("run", suite_file, "--results-dir", results, "--quiet")
 
 
 def outcome(results: Path, run_id: str) -> tuple[dict, dict]:

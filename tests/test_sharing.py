@@ -15,12 +15,11 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from conftest import invoke_cli
 import torch
 import yaml
-from click.testing import CliRunner
 
 import rkbench
-from rkbench.cli import main
 from rkbench.errors import ConfigError
 from rkbench.suite import expand, suite_from_dict
 
@@ -44,12 +43,7 @@ MORE_ATTACKS = ("evaluation.attacks=[{name: pgd, label: pgd3, steps: 3, random_s
 
 
 def invoke(args):
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    try:
-        return CliRunner().invoke(main, [str(a) for a in args])
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+    return invoke_cli(*args)
 
 
 @pytest.fixture(scope="module")
